@@ -1,0 +1,258 @@
+"""The `vegtts` command line: one subcommand per pipeline stage (what the Snakemake rules call)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("vegtts")
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text[:200]}") from None
+
+
+# --- config -----------------------------------------------------------------------------------
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.configfile)
+    if args.print:
+        import yaml
+
+        print(yaml.safe_dump(cfg, sort_keys=False))
+    else:
+        print(f"{args.configfile}: OK")
+    return 0
+
+
+# --- tasks ------------------------------------------------------------------------------------
+def _suite_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "suite_json", None):
+        return args.suite_json
+    ids: Any = args.ids.split(",") if args.ids not in ("all", "default") else args.ids
+    return {"suite": args.suite, "ids": ids, "path": args.path, "level": args.level}
+
+
+def cmd_tasks_list(args: argparse.Namespace) -> int:
+    from .tasks import list_task_ids
+
+    for task_id in list_task_ids(_suite_from_args(args)):
+        print(task_id)
+    return 0
+
+
+def cmd_tasks_resolve(args: argparse.Namespace) -> int:
+    from .tasks import resolve_tasks_to_json
+
+    resolve_tasks_to_json(args.suite_json, Path(args.out))
+    return 0
+
+
+def cmd_tasks_validate(args: argparse.Namespace) -> int:
+    from .tasks import load_tasks, validate_suite
+
+    problems = validate_suite(load_tasks(_suite_from_args(args)))
+    bad = {task: found for task, found in problems.items() if found}
+    for task, found in problems.items():
+        print(f"{task}: {'OK' if not found else '; '.join(found)}")
+    print(f"{len(problems) - len(bad)} of {len(problems)} problems pass validation")
+    return 1 if bad else 0
+
+
+# --- model ------------------------------------------------------------------------------------
+def cmd_model_prepare(args: argparse.Namespace) -> int:
+    from .models import prepare_default_model
+
+    prepare_default_model(Path(args.out))
+    return 0
+
+
+# --- sample -----------------------------------------------------------------------------------
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .sampling import run_sampling
+
+    torch.set_num_threads(args.threads)
+    run_sampling(
+        tasks_json_path=Path(args.tasks),
+        task_id=args.task,
+        settings=args.settings,
+        model_path=args.model,
+        out_parquet=Path(args.out),
+        seed=args.seed,
+        policy=args.policy,
+    )
+    return 0
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_samples_file
+    from .tasks import read_tasks_json
+
+    spec = read_tasks_json(Path(args.tasks))[args.task]
+    settings = dict(args.settings)
+    if args.workers:
+        settings["max_parallel"] = args.workers
+    evaluate_samples_file(Path(args.samples), spec, settings, Path(args.cache), Path(args.out))
+    return 0
+
+
+# --- analysis, figures, report ----------------------------------------------------------------
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis import run_analysis
+    from .io import provenance
+
+    run_analysis(
+        sample_paths=[Path(p) for p in args.samples],
+        eval_paths=[Path(p) for p in args.evaluations],
+        settings=args.settings,
+        provenance=provenance(config_hash=args.config_hash),
+        out_dir=Path(args.out),
+    )
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from .plots import make_figures
+
+    make_figures(Path(args.tables), Path(args.out))
+    return 0
+
+
+def stage_times_from_benchmarks(artifacts: list[str]) -> dict[str, dict[str, float]]:
+    """Sum Snakemake benchmark files (`<artifact>.benchmark.tsv`) per stage (samples/evaluations)."""
+    totals: dict[str, dict[str, float]] = {}
+    for artifact in artifacts:
+        path = Path(artifact)
+        bench = path.with_name(path.stem + ".benchmark.tsv")
+        stage = "sample" if "/samples/" in str(path) else "evaluate"
+        entry = totals.setdefault(stage, {"jobs": 0, "seconds": 0.0})
+        if not bench.is_file():
+            continue
+        with bench.open() as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                entry["jobs"] += 1
+                entry["seconds"] += float(row["s"])
+    return totals
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .io import provenance
+    from .report import make_report
+
+    make_report(
+        tables_dir=Path(args.tables),
+        figures_dir=Path(args.figures),
+        config=args.config,
+        provenance=provenance(),
+        stage_times=stage_times_from_benchmarks(args.timings or []),
+        out_html=Path(args.out),
+    )
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------------
+def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _add_suite_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", default="builtin", choices=["builtin", "dir", "kernelbench"])
+    parser.add_argument("--ids", default="all", help="comma-separated ids, 'all' or 'default'")
+    parser.add_argument("--path", default=None, help="problem folder (dir) or KernelBench checkout")
+    parser.add_argument("--level", type=int, default=1, help="KernelBench level")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vegtts", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="check a config file").add_subparsers(dest="action", required=True)
+    p = _add(config, "check", cmd_config_check, "validate a config file against the schema, filling defaults")
+    p.add_argument("configfile")
+    p.add_argument("--print", action="store_true", help="print the config with defaults filled in")
+
+    tasks = sub.add_parser("tasks", help="task suites").add_subparsers(dest="action", required=True)
+    p = _add(tasks, "list", cmd_tasks_list, "list the task ids of a suite")
+    _add_suite_options(p)
+    p = _add(tasks, "validate", cmd_tasks_validate, "screen problems for degenerate outputs (exit 1 if any fails)")
+    _add_suite_options(p)
+    p = _add(tasks, "resolve", cmd_tasks_resolve, "resolve a suite into a tasks.json of task specs")
+    p.add_argument("--suite", dest="suite_json", type=_json_arg, required=True, help="suite settings as JSON")
+    p.add_argument("--out", required=True)
+
+    model = sub.add_parser("model", help="model preparation").add_subparsers(dest="action", required=True)
+    p = _add(model, "prepare", cmd_model_prepare, "convert the default GGUF model (PyPI package) into a local HF folder")
+    p.add_argument("--out", required=True, help="target folder")
+
+    p = _add(sub, "sample", cmd_sample, "sample K completions for one task and seed")
+    p.add_argument("--tasks", required=True, help="tasks.json from `vegtts tasks resolve`")
+    p.add_argument("--task", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--policy", default="base", help="policy name stored with the samples")
+    p.add_argument("--model", required=True, help="model folder or hub id")
+    p.add_argument("--settings", type=_json_arg, required=True, help="sampling + prompt settings as JSON")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "evaluate", cmd_evaluate, "check and time every sample of one task")
+    p.add_argument("--tasks", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--samples", required=True)
+    p.add_argument("--settings", type=_json_arg, required=True, help="evaluation settings as JSON")
+    p.add_argument("--cache", required=True, help="per-candidate cache folder")
+    p.add_argument("--workers", type=int, default=0, help="parallel correctness workers (0 = all cores)")
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "analyze", cmd_analyze, "tables: sample statistics, selection rules, scaling, signal check")
+    p.add_argument("--samples", nargs="+", required=True)
+    p.add_argument("--evaluations", nargs="+", required=True)
+    p.add_argument("--settings", type=_json_arg, required=True)
+    p.add_argument("--config-hash", default="")
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "figures", cmd_figures, "figures (PNG + PDF) from the analysis tables")
+    p.add_argument("--tables", required=True)
+    p.add_argument("--out", required=True)
+
+    p = _add(sub, "report", cmd_report, "the self-contained report.html")
+    p.add_argument("--tables", required=True)
+    p.add_argument("--figures", required=True)
+    p.add_argument("--config", type=_json_arg, required=True, help="the experiment config as JSON")
+    p.add_argument("--timings", nargs="*", help="sample/evaluation artifacts whose benchmark files give stage times")
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        # Bad input gets one clear line; -v shows the traceback.
+        if args.verbose:
+            raise
+        log.error("%s (rerun with -v for the traceback)", err)
+        return 2
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Load and validate an experiment config against the JSON schema, filling defaults.
+
+Errors name the key, the value and what is allowed, e.g.
+``config key 'sampling.k': 0 is not allowed (must be >= 1)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value was rejected; the message says which key, what was wrong, what is allowed."""
+
+
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def fill_defaults(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of `config` with every missing key set to the schema's default, recursively."""
+    out = copy.deepcopy(config) if config is not None else {}
+    for key, sub in schema.get("properties", {}).items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if sub.get("type") == "object" and isinstance(out.get(key), dict):
+            out[key] = fill_defaults(out[key], sub)
+    return out
+
+
+def _key_path(error: Any) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _allowed_keys(schema_node: dict[str, Any]) -> list[str]:
+    return sorted(schema_node.get("properties", {}))
+
+
+def describe_error(error: Any) -> str:
+    """Turn a jsonschema ValidationError into one sentence a user can act on."""
+    key = _key_path(error)
+    value = error.instance
+    kind = error.validator
+    if kind == "additionalProperties":
+        allowed = _allowed_keys(error.schema)
+        unknown = sorted(set(value) - set(allowed))
+        parts = []
+        for name in unknown:
+            full = f"{key}.{name}" if key != "<top level>" else name
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            parts.append(f"unknown config key '{full}'{hint}")
+        return "; ".join(parts) + f". Allowed keys here: {', '.join(allowed)}"
+    if kind == "enum":
+        return f"config key '{key}': {value!r} is not allowed (allowed: {', '.join(map(repr, error.validator_value))})"
+    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
+        return f"config key '{key}': {value!r} is not allowed (must be {op} {error.validator_value})"
+    if kind == "type":
+        want = error.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        return f"config key '{key}': {value!r} has the wrong type (expected {want})"
+    if kind in ("minItems", "maxItems", "uniqueItems", "minLength", "pattern"):
+        return f"config key '{key}': {value!r} is not allowed ({error.message})"
+    if kind == "oneOf" and error.context:
+        from jsonschema.exceptions import best_match
+
+        return describe_error(best_match(error.context))
+    if kind == "oneOf":
+        options = [s.get("enum") or s.get("type") for s in error.validator_value]
+        return f"config key '{key}': {value!r} is not allowed (expected one of: {options})"
+    return f"config key '{key}': {error.message}"
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults and validate; raise ConfigError listing every problem found."""
+    from jsonschema import Draft202012Validator
+
+    schema = load_schema()
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"the config must be a mapping of keys to values, got {type(config).__name__}")
+    filled = fill_defaults(config, schema)
+    validator = Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(filled), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(describe_error(e) for e in errors))
+    return filled
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config, merge `overrides` (nested dicts), fill defaults and validate."""
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return validate_config(raw)
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

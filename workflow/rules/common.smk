@@ -1,0 +1,54 @@
+# Config validation, the artifact plan, and helpers shared by the rule files.
+import json
+import shlex
+
+from snakemake.exceptions import WorkflowError
+
+from vegtts.config import ConfigError, validate_config
+from vegtts.plan import build_plan, model_location, stage_code
+from vegtts.tasks import list_task_ids
+
+try:
+    _validated = validate_config(dict(config))
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+config.clear()
+config.update(_validated)
+
+try:
+    TASK_IDS = list_task_ids(config["tasks"])
+    MODEL_PATH, MODEL_MARKER = model_location(config["model"]["source"], config["resources_dir"])
+except ValueError as err:
+    raise WorkflowError(str(err)) from None
+
+PLAN = build_plan(config, TASK_IDS, MODEL_PATH, MODEL_MARKER)
+RESULTS = PLAN.results
+STORE = PLAN.store
+EXP = PLAN.exp_dir
+
+wildcard_constraints:
+    skey="[0-9a-f]{12}",
+    ekey="[0-9a-f]{12}",
+    seed=r"\d+",
+    task="[A-Za-z0-9_.-]+",
+
+
+def as_json(obj):
+    """A JSON string for the command line (rules quote it with :q)."""
+    return json.dumps(obj, sort_keys=True)
+
+
+def sampling_settings(wildcards):
+    return as_json(PLAN.sample_sets[wildcards.skey]["settings"])
+
+
+def sample_policy(wildcards):
+    return PLAN.sample_sets[wildcards.skey]["policy"]
+
+
+def evaluation_settings(wildcards):
+    return as_json({**PLAN.eval_sets[wildcards.ekey]["settings"], "seed": config["seed"]})
+
+
+def model_inputs(wildcards):
+    return [PLAN.model_marker] if PLAN.model_marker else []

@@ -1,0 +1,24 @@
+FIGURES = ["scaling", "selection"]
+
+
+rule figures:
+    input:
+        rules.analyze.output.tables,
+    output:
+        png=[
+            report(
+                f"{EXP}/figures/{name}.png",
+                caption=f"../report/{name}.rst",
+                category="Figures",
+            )
+            for name in FIGURES
+        ],
+        pdf=[f"{EXP}/figures/{name}.pdf" for name in FIGURES],
+    params:
+        tables=f"{EXP}/tables",
+        out=f"{EXP}/figures",
+        code=stage_code("figures"),
+    log:
+        f"{EXP}/logs/figures.log",
+    shell:
+        "vegtts figures --tables {params.tables} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,19 @@
+rule report:
+    input:
+        tables=rules.analyze.output.tables,
+        figures=rules.figures.output.png,
+        samples=PLAN.base_sample_files(),
+        evaluations=PLAN.base_eval_files(),
+    output:
+        report(PLAN.report_file, caption="../report/report.rst", category="Report"),
+    params:
+        config=as_json(config),
+        tables=f"{EXP}/tables",
+        figures=f"{EXP}/figures",
+        code=stage_code("report"),
+    log:
+        f"{EXP}/logs/report.log",
+    shell:
+        "vegtts report --tables {params.tables} --figures {params.figures}"
+        " --config {params.config:q} --timings {input.samples} {input.evaluations}"
+        " --out {output} > {log} 2>&1"

@@ -1,0 +1,21 @@
+rule sample:
+    input:
+        tasks=PLAN.tasks_file,
+        model=model_inputs,
+    output:
+        f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.parquet",
+    params:
+        settings=sampling_settings,
+        policy=sample_policy,
+        model=PLAN.model_path,
+    log:
+        f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.log",
+    benchmark:
+        f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.benchmark.tsv"
+    threads: config["sampling"]["threads"]
+    resources:
+        mem_mb=6000,
+    shell:
+        "vegtts sample --tasks {input.tasks} --task {wildcards.task} --seed {wildcards.seed}"
+        " --policy {params.policy} --model {params.model:q} --settings {params.settings:q}"
+        " --threads {threads} --out {output} > {log} 2>&1"
