@@ -11,6 +11,8 @@ rule report:
         tables=f"{EXP}/tables",
         figures=f"{EXP}/figures",
         code=stage_code("report"),
+    conda:
+        "../../envs/vegtts.yaml"
     log:
         f"{EXP}/logs/report.log",
     shell:

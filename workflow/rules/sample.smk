@@ -8,6 +8,8 @@ rule sample:
         settings=sampling_settings,
         policy=sample_policy,
         model=PLAN.model_path,
+    conda:
+        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.log",
     benchmark:

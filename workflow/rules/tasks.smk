@@ -4,6 +4,8 @@ rule resolve_tasks:
     params:
         suite=lambda w: as_json({**config["tasks"], "ids": TASK_IDS}),
         code=stage_code("tasks"),
+    conda:
+        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/tasks/{{tkey}}/resolve.log",
     shell:
