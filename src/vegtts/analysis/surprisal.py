@@ -1,0 +1,49 @@
+"""Surprisal (NLL) of a sample from per-token log-probs and the token span of its code."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+NLL_COLUMNS = ("nll_sum_code", "nll_mean_code", "nll_sum_all", "nll_mean_all")
+
+
+@dataclass(frozen=True)
+class Surprisal:
+    nll_sum_code: float
+    nll_mean_code: float
+    nll_sum_all: float
+    nll_mean_all: float
+    n_code_tokens: int
+    n_tokens: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def surprisal_from_logprobs(
+    token_logprobs: Sequence[float] | np.ndarray | None, code_start: int, code_end: int
+) -> Surprisal:
+    """The four NLL variants of one completion.
+
+    `token_logprobs` are log p of the sampled (or teacher-forced) tokens; `[code_start, code_end)`
+    is the code's token span, clipped to the completion.  Sums and means over an empty set are NaN,
+    so a sample without code can never win an NLL ranking by accident.
+    """
+    lp = np.asarray(token_logprobs if token_logprobs is not None else [], dtype=float)
+    n = int(lp.size)
+    start = max(0, min(int(code_start), n))
+    end = max(start, min(int(code_end), n))
+    code = lp[start:end]
+    nan = math.nan
+    return Surprisal(
+        nll_sum_code=float(-code.sum()) if code.size else nan,
+        nll_mean_code=float(-code.mean()) if code.size else nan,
+        nll_sum_all=float(-lp.sum()) if n else nan,
+        nll_mean_all=float(-lp.mean()) if n else nan,
+        n_code_tokens=int(code.size),
+        n_tokens=n,
+    )
