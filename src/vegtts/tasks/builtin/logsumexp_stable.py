@@ -1,0 +1,34 @@
+"""Numerically stable logsumexp written out
+
+Row log-sum-exp with max subtraction, written as separate passes.
+"""
+
+import torch
+import torch.nn as nn
+
+TAGS = ["multi-op", "reduction", "headroom"]
+
+# A sum of 2048 exponentials; a fused kernel sums in a different order (float reassociation).
+ATOL = 1e-3
+RTOL = 1e-4
+
+BATCH = 2048
+DIM = 2048
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        row_max = x.max(dim=-1, keepdim=True).values
+        total = torch.exp(x - row_max).sum(dim=-1)
+        return row_max.squeeze(-1) + torch.log(total)
+
+
+def get_inputs():
+    return [torch.randn(BATCH, DIM) * 4]
+
+
+def get_init_inputs():
+    return []

@@ -1,0 +1,32 @@
+"""Row L2 norm written as sqrt(sum(x * x))
+
+Euclidean norm of every row, via an elementwise square, a row sum and a square root.
+"""
+
+import torch
+import torch.nn as nn
+
+TAGS = ["naive-short", "reduction", "headroom"]
+
+# A norm of 4096 squares: the fused norm sums in a different order (float reassociation).
+ATOL = 1e-3
+RTOL = 1e-4
+
+BATCH = 2048
+DIM = 4096
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt((x * x).sum(dim=-1))
+
+
+def get_inputs():
+    return [torch.randn(BATCH, DIM)]
+
+
+def get_init_inputs():
+    return []

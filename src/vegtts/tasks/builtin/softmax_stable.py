@@ -1,0 +1,31 @@
+"""Numerically stable softmax written out
+
+Row softmax with max subtraction, written as four separate passes.
+"""
+
+import torch
+import torch.nn as nn
+
+TAGS = ["multi-op", "reduction", "headroom"]
+
+BATCH = 2048
+DIM = 2048
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        row_max = x.max(dim=-1, keepdim=True).values
+        shifted = torch.exp(x - row_max)
+        total = shifted.sum(dim=-1, keepdim=True)
+        return shifted / total
+
+
+def get_inputs():
+    return [torch.randn(BATCH, DIM) * 4]
+
+
+def get_init_inputs():
+    return []

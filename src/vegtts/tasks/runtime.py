@@ -1,0 +1,57 @@
+"""Executing a reference: module from source, seeded inputs, seeded model.
+
+The evaluator builds on these, so they do nothing beyond what they say: the only side effect
+is seeding torch's global RNG (and registering the source with `linecache` so tracebacks
+show the reference's lines).
+"""
+
+from __future__ import annotations
+
+import linecache
+import types
+from typing import Any
+
+from vegtts.records import TaskSpec
+
+
+def load_module_from_source(source: str, module_name: str, filename: str) -> types.ModuleType:
+    """Exec `source` into a fresh module object; it is not added to sys.modules."""
+    module = types.ModuleType(module_name)
+    module.__file__ = filename
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    code = compile(source, filename, "exec")
+    exec(code, module.__dict__)
+    return module
+
+
+def load_reference_module(spec: TaskSpec, module_name: str = "vegtts_reference") -> types.ModuleType:
+    """The reference problem of `spec` as a fresh module (Model, get_inputs, get_init_inputs)."""
+    return load_module_from_source(spec.source, module_name, f"<vegtts-task {spec.task_id}>")
+
+
+def seed_torch(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def make_inputs(module: types.ModuleType, seed: int) -> list[Any]:
+    """Seed torch's RNG with `seed`, then return `module.get_inputs()` as a list."""
+    seed_torch(seed)
+    return list(module.get_inputs())
+
+
+def make_init_inputs(module: types.ModuleType, init_seed: int) -> list[Any]:
+    seed_torch(init_seed)
+    return list(module.get_init_inputs())
+
+
+def make_model(module: types.ModuleType, init_seed: int, class_name: str = "Model") -> Any:
+    """Seed torch's RNG, then construct `class_name(*get_init_inputs())` in eval mode.
+
+    The seed is set once, before get_init_inputs, so init inputs and parameters are both
+    reproducible.  Pass class_name="ModelNew" to build a candidate the same way.
+    """
+    init_inputs = make_init_inputs(module, init_seed)
+    cls = getattr(module, class_name)
+    return cls(*init_inputs).eval()
