@@ -1,0 +1,147 @@
+"""Workflow tests: dry runs, clear errors for bad input, a tiny real run and incremental reruns.
+
+The workflow and the package are copied into a temporary folder and the copy's package is put first
+on PYTHONPATH, so a test can edit plot code without touching the checkout.  The prepared default
+model is shared through the checkout's `resources/` folder (git-ignored), so it is converted once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_RESOURCES = REPO / "resources"
+
+
+def make_workdir(tmp: Path) -> Path:
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(REPO / name, tmp / name)
+    shutil.copytree(REPO / "workflow", tmp / "workflow", symlinks=True)
+    shutil.copytree(REPO / "envs", tmp / "envs")
+    shutil.copytree(REPO / "src", tmp / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / ".test", tmp / ".test")
+    return tmp
+
+
+def env_for(workdir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(workdir / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    return env
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    proc = subprocess.run(cmd, cwd=workdir, env=env_for(workdir), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def tiny_args(*extra_config: str) -> list[str]:
+    return [
+        "--configfile",
+        ".test/config/tiny.yaml",
+        "--config",
+        f"resources_dir={SHARED_RESOURCES}",
+        *extra_config,
+    ]
+
+
+def planned_rules(proc: subprocess.CompletedProcess) -> set[str]:
+    """Rule names from the job table of a dry run."""
+    out = proc.stdout + proc.stderr
+    rules: set[str] = set()
+    in_table = False
+    for line in out.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if not parts or parts[0] == "total":
+                in_table = False
+                continue
+            if parts[0].startswith("-"):
+                continue
+            rules.add(parts[0])
+    return rules
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return make_workdir(tmp_path)
+
+
+def test_package_copy_is_imported(workdir: Path):
+    proc = subprocess.run(
+        [sys.executable, "-c", "import vegtts; print(vegtts.__file__)"],
+        env=env_for(workdir), capture_output=True, text=True, check=True,
+    )
+    assert str(workdir) in proc.stdout
+
+
+def test_default_dry_run_plans_every_stage(workdir: Path):
+    proc = snakemake(workdir, "-n")
+    rules = planned_rules(proc)
+    assert {"sample", "evaluate", "analyze", "figures", "report", "all"} <= rules
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["samplng={'k': 4}"], "unknown config key 'samplng'"),
+        (["sampling={'k': 0}"], "'sampling.k': 0 is not allowed"),
+        (["tasks={'ids': ['no_such_task']}"], "no_such_task"),
+        (["model={'source': '/no/such/model/folder'}"], "'model.source'"),
+    ],
+)
+def test_bad_input_stops_before_anything_runs(workdir: Path, override: list[str], message: str):
+    proc = snakemake(workdir, "-n", "--config", *override, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_tiny_run_then_incremental_reruns(workdir: Path):
+    snakemake(workdir, *tiny_args())
+    report = workdir / "results/tiny/report.html"
+    html = report.read_text()
+    assert html.count("data:image/png;base64,") >= 2
+    for table in ("selection.csv", "scaling.csv", "sample_stats.csv", "signal.csv"):
+        assert (workdir / "results/tiny/tables" / table).stat().st_size > 0
+    for fig in ("scaling", "selection"):
+        assert (workdir / f"results/tiny/figures/{fig}.png").stat().st_size > 1000
+
+    # A finished run has nothing left to do.
+    proc = snakemake(workdir, "-n", *tiny_args())
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    # Bad config after a finished run: clear error, nothing lost.
+    before = sorted(p for p in (workdir / "results").rglob("*") if p.is_file())
+    proc = snakemake(workdir, *tiny_args("sampling={'k': 0}"), check=False)
+    assert proc.returncode != 0
+    assert before == sorted(p for p in (workdir / "results").rglob("*") if p.is_file())
+
+    # An analysis setting reruns analysis, figures and report only.
+    proc = snakemake(workdir, "-n", *tiny_args("analysis={'bootstrap': 150}"))
+    assert planned_rules(proc) == {"analyze", "figures", "report", "all"}
+
+    # An evaluation setting re-evaluates but does not resample.
+    proc = snakemake(workdir, "-n", *tiny_args("evaluation={'timing_rounds': 6}"))
+    assert "sample" not in planned_rules(proc) and "evaluate" in planned_rules(proc)
+
+    # Editing plot code reruns only figures and report.
+    plots = workdir / "src/vegtts/plots.py"
+    plots.write_text(plots.read_text() + "\n# an edit to the plot code\n")
+    proc = snakemake(workdir, "-n", *tiny_args())
+    assert planned_rules(proc) == {"figures", "report", "all"}
+    snakemake(workdir, *tiny_args())
+    proc = snakemake(workdir, "-n", *tiny_args())
+    assert "Nothing to be done" in proc.stdout + proc.stderr
