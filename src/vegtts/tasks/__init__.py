@@ -27,6 +27,7 @@ from vegtts.tasks.runtime import (
     make_init_inputs,
     make_inputs,
     make_model,
+    solution_program,
 )
 from vegtts.tasks.validate import validate_suite, validate_task
 
@@ -45,6 +46,7 @@ __all__ = [
     "parse_problem_source",
     "read_tasks_json",
     "resolve_tasks_to_json",
+    "solution_program",
     "validate_suite",
     "validate_task",
 ]

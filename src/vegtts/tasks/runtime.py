@@ -55,3 +55,13 @@ def make_model(module: types.ModuleType, init_seed: int, class_name: str = "Mode
     init_inputs = make_init_inputs(module, init_seed)
     cls = getattr(module, class_name)
     return cls(*init_inputs).eval()
+
+
+def solution_program(spec: TaskSpec, solution_source: str) -> str:
+    """A full-module solution appended to the reference, so it can use (and subclass) `Model`.
+
+    This is the convention of the hand-written solutions in tests/solutions/: they define
+    `class ModelNew(Model)` (or any nn.Module with Model's constructor signature and
+    parameter names, so the reference state_dict loads into it).
+    """
+    return spec.source.rstrip("\n") + "\n\n\n# ---- solution ----\n" + solution_source

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 TAGS = ["single-op", "elementwise"]
 
-BATCH = 4096
+BATCH = 3072
 DIM = 2048
 
 

@@ -8,8 +8,8 @@ import torch.nn as nn
 
 TAGS = ["naive-short", "elementwise", "headroom"]
 
-BATCH = 2048
-DIM = 4096
+BATCH = 3072
+DIM = 2048
 
 
 class Model(nn.Module):
