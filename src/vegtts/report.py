@@ -1,0 +1,238 @@
+"""One self-contained HTML report per experiment, built from the analysis tables and figures.
+
+Figures are embedded as base64 PNG, the CSS is inline, nothing is fetched.  Every string that
+comes from data, config or provenance goes through html.escape (completions may contain HTML).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from vegtts.analysis.definitions import DEFINITIONS
+from vegtts.analysis.run import TABLE_FILES
+from vegtts.analysis.tables import flatten, read_table
+from vegtts.io import write_text
+from vegtts.plots import RULE_STYLE, _primary, primary_rules
+
+log = logging.getLogger(__name__)
+
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.82em;margin:.6em 0}th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr:nth-child(even) td{background:#fafafa}
+.pass{color:#1a7f37;font-weight:bold}.fail{color:#b42318;font-weight:bold}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.9em;color:#555}
+pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.8em}dt{font-weight:bold;margin-top:.4em}dd{margin-left:1.5em}
+.scroll{overflow-x:auto}.note{color:#555;font-size:.9em}
+"""
+
+FIGURE_CAPTIONS = {
+    "scaling": "Best-of-N: task success of the best of k samples (fast_1@k, unbiased estimator, mean over tasks; "
+               "band: 95% CI resampling tasks), correct@k dashed, and the selection rules' task success at k = K.",
+    "selection": "Selection rules among correct samples: task success with task-clustered bootstrap 95% CIs (left) and "
+                 "geometric-mean selected speedup over units with a correct sample (right, log axis). "
+                 "Hatched bars are controls.",
+}
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.0f}%"
+
+
+def _fmt_cell(v: Any) -> Any:
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v):
+            return "" if np.isnan(v) else str(v)
+        return f"{v:.4g}"
+    return v
+
+
+def html_table(df: pd.DataFrame, max_rows: int = 500) -> str:
+    """An escaped HTML table (floats at 4 significant digits)."""
+    shown = df.head(max_rows).map(_fmt_cell) if len(df) else df
+    out = shown.to_html(index=False, escape=True, border=0, na_rep="")
+    if len(df) > max_rows:
+        out += f'<p class="note">{len(df) - max_rows} more rows in the CSV.</p>'
+    return f'<div class="scroll">{out}</div>'
+
+
+def _embed_png(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{esc(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _read(tables_dir: Path, name: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    path = tables_dir / TABLE_FILES[name]
+    if not path.exists():
+        log.warning("report: table %s is missing", path)
+        return pd.DataFrame(), {}
+    return read_table(path)
+
+
+def summary_paragraphs(tables: Mapping[str, pd.DataFrame], header: Mapping[str, str]) -> list[str]:
+    """Plain-language findings computed from the tables (returned as escaped HTML paragraphs)."""
+    sel, stats, signal = tables["selection"], tables["sample_stats"], tables["signal"]
+    paras: list[str] = []
+    if sel.empty:
+        return ["<p>No selection table was produced.</p>"]
+    policy, variant = _primary(dict(header), sel)
+    pstats = stats[stats["policy"].astype(str) == policy] if not stats.empty else stats
+    if not pstats.empty:
+        n = pstats["n_samples"].sum()
+        w = pstats["n_samples"] / n
+        paras.append(
+            f"<p>Policy <b>{esc(policy)}</b>: {int(n)} samples over {len(pstats)} tasks; "
+            f"{_pct(float((w * pstats['share_correct']).sum()))} correct, "
+            f"{_pct(float((w * pstats['share_fast_1']).sum()))} fast_1 (correct and faster than the reference), "
+            f"{_pct(float((w * pstats['share_fast_1_sig']).sum()))} fast_1_sig (faster beyond timing noise).</p>")
+
+    rules = primary_rules(sel, policy, variant)
+    rate = dict(zip(rules["rule"], rules["success_rate"]))
+    n_tasks = int(rules["n_tasks"].max())
+    contenders = rules[rules["rule"] != "oracle"].sort_values("success_rate", ascending=False, kind="mergesort")
+    if not contenders.empty:
+        best = contenders.iloc[0]
+        ties = contenders[np.isclose(contenders["success_rate"], best["success_rate"])]["rule"].tolist()
+        names = " and ".join(RULE_STYLE.get(r, {"label": r})["label"] for r in ties)
+        ci = (f" (95% CI {_pct(best['success_lo'])} to {_pct(best['success_hi'])})"
+              if np.isfinite(best["success_lo"]) else "")
+        text = (f"On task success (surprisal variant {esc(variant)}), the best non-oracle rule is <b>{esc(names)}</b> "
+                f"with {_pct(best['success_rate'])}{esc(ci)}; the oracle reaches {_pct(rate.get('oracle', math.nan))}, "
+                f"the exact random-correct expectation {_pct(rate.get('random', math.nan))}, "
+                f"most-confident {_pct(rate.get('most_confident', math.nan))} and surprisal "
+                f"{_pct(rate.get('surprisal', math.nan))}.")
+        sig = contenders[np.isfinite(contenders["diff_lo"]) & ((contenders["diff_lo"] > 0) | (contenders["diff_hi"] < 0))]
+        sig = sig[sig["rule"] != "random"]
+        if len(sig):
+            text += " Differences to random whose paired 95% CI excludes 0: " + ", ".join(
+                f"{esc(RULE_STYLE.get(r['rule'], {'label': r['rule']})['label'])} "
+                f"({100 * r['diff_vs_random']:+.0f} points)" for _, r in sig.iterrows()) + "."
+        elif contenders["diff_lo"].notna().any():
+            text += " No rule's paired 95% CI of the difference to random excludes 0."
+        paras.append(f"<p>{text}</p>")
+
+    if not signal.empty:
+        items = []
+        for _, r in signal.iterrows():
+            ok = str(r["pass"]).lower() == "true"
+            value = f"{100 * r['value']:.0f}%" if r["check"] == "share_correct" else f"{int(r['value'])}"
+            target = f"{100 * r['target']:.0f}%" if r["check"] == "share_correct" else f"{int(r['target'])}"
+            items.append(f"{esc(r['description'])}: {value} (target &ge; {target}) "
+                         f"<span class=\"{'pass' if ok else 'fail'}\">{'PASS' if ok else 'FAIL'}</span>")
+        all_ok = signal["pass"].astype(str).str.lower().eq("true").all()
+        verdict = ("The experiment has enough signal for selection to matter." if all_ok else
+                   "The signal check fails: selection results from this run carry little information.")
+        paras.append("<p>Signal check: " + "; ".join(items) + f". {verdict}</p>")
+
+    half = rules["diff_hi"] - rules["diff_lo"]
+    half = half[(rules["rule"] != "random") & np.isfinite(half)] / 2
+    resolution = float(np.median(half)) if len(half) else 1.39 / math.sqrt(max(n_tasks, 1))
+    limits = [
+        f"with n = {n_tasks} tasks, one task moves a success rate by {100 / max(n_tasks, 1):.0f} points, and the paired "
+        f"bootstrap CIs of rule-vs-random differences have a median half-width of about {100 * resolution:.0f} points, "
+        f"so differences under ~{100 * resolution:.0f} points are not distinguishable (and percentile bootstrap "
+        "intervals are optimistic at this n)",
+        "every rule except random picks among samples already known to be correct, so it presupposes checking every "
+        "sample; the oracle and top-3 rules also time several candidates (column mean_n_timed)",
+        "the four surprisal variants are four looks at the same data: a single variant that beats random is weak "
+        "evidence unless the primary variant was fixed in advance (it is: " + esc(variant) + ")",
+    ]
+    if not pstats.empty:
+        f1 = float((pstats["share_fast_1"] * pstats["n_samples"]).sum())
+        f1s = float((pstats["share_fast_1_sig"] * pstats["n_samples"]).sum())
+        if f1 > 0:
+            limits.append(f"{_pct(1 - f1s / f1)} of the fast_1 samples are not faster beyond timing noise "
+                          "(fast_1 but not fast_1_sig), so part of any fast_1 rate is noise")
+    paras.append("<p>What this data does <b>not</b> support: " + "; ".join(limits) + ".</p>")
+    return paras
+
+
+def _definitions(headers: list[Mapping[str, str]]) -> dict[str, str]:
+    defs: dict[str, str] = {}
+    for h in headers:
+        for k, v in h.items():
+            if k.startswith("definition."):
+                defs[k[len("definition."):]] = v
+    for k, v in DEFINITIONS.items():
+        defs.setdefault(k, v)
+    order = list(DEFINITIONS)
+    return dict(sorted(defs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def _config_text(config: Mapping[str, Any]) -> str:
+    try:
+        import yaml
+
+        return yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False)
+    except ImportError:  # pragma: no cover - pyyaml is a dependency
+        return json.dumps(config, indent=2, default=str)
+
+
+def make_report(
+    tables_dir: str | Path,
+    figures_dir: str | Path,
+    config: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+    stage_times: Mapping[str, float] | None,
+    out_html: str | Path,
+) -> Path:
+    """Write the self-contained report to `out_html` (atomically) and return its path."""
+    tables_dir, figures_dir, out_html = Path(tables_dir), Path(figures_dir), Path(out_html)
+    read = {name: _read(tables_dir, name) for name in TABLE_FILES}
+    tables = {name: df for name, (df, _) in read.items()}
+    sel_header = read["selection"][1]
+    title = f"vegtts report: {config.get('experiment', config.get('name', 'experiment'))}"
+
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
+             f"<style>{CSS}</style></head><body>", f"<h1>{esc(title)}</h1>"]
+    parts.append("<h2>Summary</h2>")
+    parts += summary_paragraphs(tables, sel_header)
+
+    parts.append("<h2>Figures</h2>")
+    for name, caption in FIGURE_CAPTIONS.items():
+        png = figures_dir / f"{name}.png"
+        if png.exists():
+            parts.append(f"<figure>{_embed_png(png)}<figcaption>{esc(caption)}</figcaption></figure>")
+        else:
+            parts.append(f'<p class="note">Figure {esc(name)} is missing.</p>')
+
+    parts.append("<h2>Tables</h2>")
+    for name, heading in (("selection", "Selection rules"), ("signal", "Signal check"),
+                          ("sample_stats", "Sample statistics per task"), ("scaling", "Best-of-N scaling")):
+        df = tables[name]
+        parts.append(f"<h3>{esc(heading)} <span class=\"note\">({esc(TABLE_FILES[name])})</span></h3>")
+        parts.append(html_table(df) if not df.empty else '<p class="note">missing</p>')
+
+    parts.append("<h2>Definitions</h2><dl>")
+    for key, text in _definitions([h for _, h in read.values()]).items():
+        parts.append(f"<dt>{esc(key)}</dt><dd>{esc(text)}</dd>")
+    parts.append("</dl>")
+
+    parts.append("<h2>Configuration</h2>")
+    parts.append(f"<pre>{esc(_config_text(config))}</pre>")
+
+    parts.append("<h2>Provenance</h2>")
+    prov_rows = pd.DataFrame(sorted(flatten(provenance).items()), columns=["key", "value"])
+    parts.append(html_table(prov_rows))
+    if stage_times:
+        times = pd.DataFrame([(k, float(v)) for k, v in stage_times.items()], columns=["stage", "wall time (s)"])
+        parts.append("<h3>Wall time per stage</h3>" + html_table(times))
+    parts.append("</body></html>")
+    write_text(out_html, "\n".join(parts) + "\n")
+    log.info("report: %s", out_html)
+    return out_html

@@ -1,0 +1,99 @@
+"""Figures are non-empty PNG/PDF drawn from the tables; the report is self-contained and escaped."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+
+import pytest
+
+from vegtts.analysis import run_analysis
+from vegtts.analysis.definitions import DEFINITIONS
+from vegtts.analysis.synthetic import synthetic_records
+from vegtts.plots import make_figures
+from vegtts.report import make_report
+
+EVIL = "<script>alert('x')</script>"
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("run")
+    samples, evals = synthetic_records(n_tasks=6, n_samples=8, seeds=(0, 1), seed=7)
+    # A hostile task id travels through every table into the report.
+    for df in (samples, evals):
+        df.loc[df["task_id"] == "task01", "task_id"] = f"task01{EVIL}"
+    samples.to_parquet(d / "samples.parquet")
+    evals.to_parquet(d / "evals.parquet")
+    run_analysis([d / "samples.parquet"], [d / "evals.parquet"], {"bootstrap": 200}, {"config_hash": "cafe"},
+                 d / "tables")
+    return d
+
+
+def test_figures_are_written_as_png_and_pdf(analysed: Path):
+    paths = make_figures(analysed / "tables", analysed / "figures")
+    names = sorted(p.name for p in paths)
+    assert names == ["scaling.pdf", "scaling.png", "selection.pdf", "selection.png"]
+    for p in paths:
+        data = p.read_bytes()
+        assert len(data) > 5000
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" if p.suffix == ".png" else data[:5] == b"%PDF-"
+
+
+def test_figures_read_only_tables(analysed: Path, tmp_path: Path):
+    """Figures must not need the per-sample data: copy only the CSVs elsewhere and draw from there."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for csv in (analysed / "tables").glob("*.csv"):
+        (tables / csv.name).write_bytes(csv.read_bytes())
+    paths = make_figures(tables, tmp_path / "fig")
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_figures_are_byte_stable(analysed: Path, tmp_path: Path):
+    a = make_figures(analysed / "tables", tmp_path / "a")
+    b = make_figures(analysed / "tables", tmp_path / "b")
+    for pa, pb in zip(a, b):
+        assert pa.read_bytes() == pb.read_bytes(), pa.name
+
+
+def test_report_is_self_contained_and_escaped(analysed: Path):
+    make_figures(analysed / "tables", analysed / "figures")
+    out = make_report(analysed / "tables", analysed / "figures",
+                      {"experiment": "demo", "note": EVIL, "sampling": {"k": 8}},
+                      {"config_hash": "cafe", "versions": {"torch": "2.x"}, "hardware": {"cpu": EVIL}},
+                      {"sample": 12.5, "evaluate": 3.25}, analysed / "report.html")
+    text = out.read_text()
+    # both figures embedded, and they decode to the PNGs on disk
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(imgs) == 2
+    assert base64.b64decode(imgs[0]) == (analysed / "figures" / "scaling.png").read_bytes()
+    # nothing external
+    assert not re.search(r'(src|href)="(https?:)?//', text)
+    # definitions section with every rule and the estimators
+    for key in ("fast_1", "fast_1_sig", "task_success", "fast_p@k", "expected_best_speedup@k", "surprisal",
+                "rule.oracle", "rule.random", "rule.most_confident", "rule.surprisal", "rule.surprisal_top3"):
+        assert f"<dt>{key}</dt>" in text
+    assert "1 - C(n-c,k)/C(n,k)" in text
+    # hostile strings from data, config and provenance are escaped everywhere
+    assert "<script>" not in text
+    assert "&lt;script&gt;" in text
+    assert text.count("&lt;script&gt;") >= 3
+    # summary, signal check, provenance and stage times are present
+    assert "Signal check" in text and ("PASS" in text or "FAIL" in text)
+    assert "not</b> support" in text and "n = 6 tasks" in text
+    assert "cafe" in text and "evaluate" in text and "3.25" in text
+    # tables rendered from the CSVs
+    for name in ("selection.csv", "sample_stats.csv", "scaling.csv", "signal.csv"):
+        assert name in text
+    assert "<td>task02</td>" in text and "<td>surprisal_top3</td>" in text
+
+
+def test_report_tolerates_missing_figures(analysed: Path, tmp_path: Path):
+    out = make_report(analysed / "tables", tmp_path / "nofigs", {}, {}, None, tmp_path / "r.html")
+    text = out.read_text()
+    assert "Figure scaling is missing" in text and "data:image/png" not in text
+    for definition in ("fast_1_sig",):
+        assert html.escape(DEFINITIONS[definition]) in text
