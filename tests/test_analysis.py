@@ -324,3 +324,39 @@ def test_run_analysis_end_to_end(tmp_path: Path):
     stats, _ = read_table(tmp_path / "out" / "sample_stats.csv")
     assert stats["n_samples"].sum() == len(merged)
     assert (stats.filter(regex="^n_").drop(columns=["n_seeds", "n_samples"]).sum(axis=1) == stats["n_samples"]).all()
+
+
+# ---------------------------------------------------------------- statistics
+
+def test_paper_statistics_reproduce_its_numbers():
+    from vegtts.analysis.statistics import cohens_h, sign_test_one_sided
+
+    assert cohens_h(0.8, 0.5) == pytest.approx(0.6435, abs=1e-4)  # paper: h = 0.64
+    assert sign_test_one_sided(3, 0) == pytest.approx(0.125)  # paper: 3 of 3 discordant, p = 0.125
+    assert math.isnan(sign_test_one_sided(0, 0))
+
+
+def test_partial_spearman_removes_a_pure_length_effect():
+    from vegtts.analysis.statistics import partial_spearman
+
+    rng = np.random.default_rng(0)
+    length = rng.uniform(5, 50, 400)
+    nll = length + rng.normal(0, 1, 400)  # surprisal tracks length only
+    speed = length + rng.normal(0, 1, 400)  # and so does speed
+    raw = pd.Series(nll).corr(pd.Series(speed), method="spearman")
+    r, p = partial_spearman(nll, speed, length)
+    assert raw > 0.9 and abs(r) < 0.15 and p > 0.001
+
+
+def test_paired_comparisons_count_discordant_units():
+    from vegtts.analysis.statistics import paired_comparisons
+
+    a = hand_unit()  # surprisal(mean_code) picks 2 (1.5), most_confident picks 3 (3.0): both succeed
+    b = hand_unit().assign(task_id="u")
+    b.loc[b["sample_idx"] == 3, "speedup"] = 0.95  # most_confident now fails, surprisal still succeeds
+    b["fast_1"] = b["correct"] & (b["speedup"] > 1)
+    comp = paired_comparisons(select_all(pd.concat([a, b], ignore_index=True)))
+    row = comp[(comp.variant == "mean_code") & (comp.rule_a == "surprisal") & (comp.rule_b == "most_confident")].iloc[0]
+    assert (row["a_wins"], row["b_wins"], row["n_units"]) == (1, 0, 2)
+    assert row["rate_a"] == 1.0 and row["rate_b"] == 0.5
+    assert row["median_speedup_ratio"] == pytest.approx(math.exp(np.median([math.log(1.5 / 3.0), math.log(1.5 / 0.95)])))

@@ -64,7 +64,7 @@ def test_report_is_self_contained_and_escaped(analysed: Path):
     out = make_report(analysed / "tables", analysed / "figures",
                       {"experiment": "demo", "note": EVIL, "sampling": {"k": 8}},
                       {"config_hash": "cafe", "versions": {"torch": "2.x"}, "hardware": {"cpu": EVIL}},
-                      {"sample": 12.5, "evaluate": 3.25}, analysed / "report.html")
+                      {"sample": 12.5, "evaluate": {"jobs": 6, "seconds": 3.25}}, analysed / "report.html")
     text = out.read_text()
     # both figures embedded, and they decode to the PNGs on disk
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)

@@ -188,7 +188,7 @@ def make_report(
     figures_dir: str | Path,
     config: Mapping[str, Any],
     provenance: Mapping[str, Any],
-    stage_times: Mapping[str, float] | None,
+    stage_times: Mapping[str, float | Mapping[str, float]] | None,
     out_html: str | Path,
 ) -> Path:
     """Write the self-contained report to `out_html` (atomically) and return its path."""
@@ -213,7 +213,9 @@ def make_report(
 
     parts.append("<h2>Tables</h2>")
     for name, heading in (("selection", "Selection rules"), ("signal", "Signal check"),
-                          ("sample_stats", "Sample statistics per task"), ("scaling", "Best-of-N scaling")):
+                          ("sample_stats", "Sample statistics per task"), ("scaling", "Best-of-N scaling"),
+                          ("comparisons", "Paired rule comparisons"),
+                          ("correlations", "Surprisal vs speedup among correct samples")):
         df = tables[name]
         parts.append(f"<h3>{esc(heading)} <span class=\"note\">({esc(TABLE_FILES[name])})</span></h3>")
         parts.append(html_table(df) if not df.empty else '<p class="note">missing</p>')
@@ -230,7 +232,9 @@ def make_report(
     prov_rows = pd.DataFrame(sorted(flatten(provenance).items()), columns=["key", "value"])
     parts.append(html_table(prov_rows))
     if stage_times:
-        times = pd.DataFrame([(k, float(v)) for k, v in stage_times.items()], columns=["stage", "wall time (s)"])
+        # Values are seconds, or dicts such as {"jobs": 12, "seconds": 340.2} (summed benchmark files).
+        times = pd.DataFrame([{"stage": k, **v} if isinstance(v, Mapping) else {"stage": k, "seconds": float(v)}
+                              for k, v in stage_times.items()])
         parts.append("<h3>Wall time per stage</h3>" + html_table(times))
     parts.append("</body></html>")
     write_text(out_html, "\n".join(parts) + "\n")

@@ -32,6 +32,8 @@ DEFINITIONS: dict[str, str] = {
     "geomean_speedup": f"geometric mean over units of the selected speedup, with speedup 0 (no correct sample) floored at {GEOMEAN_EPS:g}; for random rules exp(E[log speedup])",
     "geomean_speedup_solvable": "geometric mean of the selected speedup over units with at least one correct sample only (every rule selects a correct sample there, so no floor is needed)",
     "success_ci": "task-clustered bootstrap 95% percentile interval: resample tasks with replacement (seeded), paired across rules",
+    "comparisons": "paired over units: Cohen's h from the pooled success rates; exact one-sided sign test on units where exactly one rule succeeds (H1: rule_a better); two-sided Wilcoxon signed-rank on log(speedup_a/speedup_b), speedup 0 replaced by 1e-6; median_speedup_ratio = exp(median log ratio); uncorrected for the 4 variants x 2 comparisons; seeds of one task count as separate units (as in the paper), so p-values are optimistic when there are several seeds",
+    "correlations": "over correct samples with a finite NLL, pooled across tasks: Spearman rho(NLL, speedup); partial rho controlling for length (code tokens for *_code, all tokens for *_all) = Pearson r of rank residuals, p from t(n-3); rho(length, speedup); and the mean of within-unit rhos",
     "n_timed": "candidate timings a rule needs per unit beyond correctness checking (oracle: every correct sample; top3 rules: up to 3; single picks: 1)",
 }
 

@@ -15,6 +15,7 @@ from vegtts.analysis.definitions import DEFAULT_VARIANT, SURPRISAL_VARIANTS, def
 from vegtts.analysis.estimators import expected_best_speedup_at_k, fast_p_at_k, k_grid
 from vegtts.analysis.merge import merge_samples_and_evaluations
 from vegtts.analysis.selection import UNIT_KEYS, _cluster_bootstrap, aggregate_selection, select_all
+from vegtts.analysis.statistics import paired_comparisons, surprisal_correlations
 from vegtts.analysis.tables import write_table
 from vegtts.io import write_parquet
 from vegtts.records import STATUSES
@@ -37,6 +38,8 @@ TABLE_FILES = {
     "selection_per_task": "selection_per_task.csv",
     "scaling": "scaling.csv",
     "signal": "signal.csv",
+    "comparisons": "comparisons.csv",
+    "correlations": "correlations.csv",
 }
 MERGED_FILE = "samples_evaluated.parquet"
 
@@ -176,6 +179,11 @@ def run_analysis(
     write_table(per_unit, out / TABLE_FILES["selection_per_task"], sel_defs, prov)
     write_table(aggregate_selection(per_unit, int(s["bootstrap"]), int(s["seed"])), out / TABLE_FILES["selection"],
                 sel_defs, prov)
+
+    write_table(paired_comparisons(per_unit), out / TABLE_FILES["comparisons"],
+                definitions_for("task_success", "unit", "comparisons"), prov)
+    write_table(surprisal_correlations(samples), out / TABLE_FILES["correlations"],
+                definitions_for("surprisal", "correlations"), prov)
 
     scaling = scaling_table(samples, s["k_values"], s["fast_p"], int(s["bootstrap"]), int(s["seed"]))
     write_table(scaling, out / TABLE_FILES["scaling"],
