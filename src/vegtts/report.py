@@ -141,13 +141,18 @@ def summary_paragraphs(tables: Mapping[str, pd.DataFrame], header: Mapping[str, 
 
     half = rules["diff_hi"] - rules["diff_lo"]
     half = half[(rules["rule"] != "random") & np.isfinite(half)] / 2
-    resolution = float(np.median(half)) if len(half) else 1.39 / math.sqrt(max(n_tasks, 1))
+    if len(half):
+        resolution = float(np.median(half))
+        how = (f"the paired bootstrap CIs of rule-vs-random differences have a median half-width of about "
+               f"{100 * resolution:.0f} points")
+    else:  # no bootstrap: 1.96 * sqrt(2 * 0.25 / n), the half-width for two independent rates near 50%
+        resolution = 1.39 / math.sqrt(max(n_tasks, 1))
+        how = f"a normal approximation puts the 95% half-width of a difference at about {100 * resolution:.0f} points"
     limits = [
-        f"with n = {n_tasks} tasks, one task moves a success rate by {100 / max(n_tasks, 1):.0f} points, and the paired "
-        f"bootstrap CIs of rule-vs-random differences have a median half-width of about {100 * resolution:.0f} points, "
-        f"so differences under ~{100 * resolution:.0f} points are not distinguishable (and percentile bootstrap "
-        "intervals are optimistic at this n)",
-        "every rule except random picks among samples already known to be correct, so it presupposes checking every "
+        f"with n = {n_tasks} tasks, one task moves a success rate by {100 / max(n_tasks, 1):.0f} points, and {how}, "
+        f"so differences under ~{100 * resolution:.0f} points are not distinguishable (percentile bootstrap "
+        "intervals are optimistic at small n)",
+        "every rule, random included, picks among samples already known to be correct, so it presupposes checking every "
         "sample; the oracle and top-3 rules also time several candidates (column mean_n_timed)",
         "the four surprisal variants are four looks at the same data: a single variant that beats random is weak "
         "evidence unless the primary variant was fixed in advance (it is: " + esc(variant) + ")",
