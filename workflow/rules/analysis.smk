@@ -4,6 +4,8 @@ ANALYSIS_TABLES = [
     "selection_per_task.csv",
     "scaling.csv",
     "signal.csv",
+    "comparisons.csv",
+    "correlations.csv",
 ]
 
 
