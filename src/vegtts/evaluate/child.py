@@ -1,0 +1,252 @@
+"""The harness inside a child process (forked from the fork server, or a fresh interpreter).
+
+A child serves one session: ``setup`` (exec the task source or the candidate program, build the
+model, load the reference state), then ``forward`` trials (correctness) or ``load``/``run``/``last``
+batches (timing).  The reference role only ever execs the trusted task source.  Every reply says
+``ok`` or carries a status (``compile_error``, ``runtime_error``, ``oom``, ``rejected``) and a
+short error; the parent, not the child, decides correctness and holds the clock.
+"""
+
+from __future__ import annotations
+
+import linecache
+import socket
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from vegtts.evaluate.protocol import recv_message, send_json, send_message, tune_socket
+
+_OOM_MARKERS = ("can't allocate memory", "not enough memory", "out of memory", "bad_alloc", "cannot allocate memory")
+_ERROR_CHARS = 1500
+
+
+class GuardViolation(Exception):
+    """A dynamic guard fired inside the child."""
+
+    def __init__(self, guard: str, detail: str = "") -> None:
+        super().__init__(detail or guard)
+        self.guard = guard
+
+
+@dataclass
+class ChildState:
+    role: str = ""
+    threads: int = 1
+    model: Any = None
+    batch: list[list[Any]] = field(default_factory=list)
+    last_output: Any = None
+    baseline_threads: int = 1
+    previous_storages: list[int] = field(default_factory=list)
+    kept_outputs: list[Any] = field(default_factory=list)  # alive, so a reused buffer shows as aliasing
+
+
+# ----------------------------------------------------------------------------- dynamic guards
+# Each takes (state, inputs, output) after a forward call and returns a reason or None.
+
+
+def _tensors(obj: Any) -> list[Any]:
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in _tensors(item)]
+    if isinstance(obj, dict):
+        return [t for item in obj.values() for t in _tensors(item)]
+    return [obj] if isinstance(obj, torch.Tensor) else []
+
+
+def guard_plain_output(state: ChildState, inputs: list[Any], output: Any) -> str | None:
+    """Outputs must be plain, materialised tensors (or nests of them and Python scalars)."""
+
+    def check(obj: Any) -> str | None:
+        if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+            for item in obj:
+                reason = check(item)
+                if reason:
+                    return reason
+            return None
+        if obj is None or type(obj) in (int, float, bool):
+            return None
+        if type(obj) is not torch.Tensor:
+            return f"output_not_plain_tensor: {type(obj).__module__}.{type(obj).__qualname__}"
+        if obj.layout != torch.strided or obj.device.type != "cpu" or obj.is_meta:
+            return f"output_not_plain_tensor: layout={obj.layout} device={obj.device}"
+        try:
+            obj.untyped_storage().data_ptr()
+        except Exception as exc:  # noqa: BLE001
+            return f"output_without_storage: {exc}"
+        return None
+
+    return check(output)
+
+
+def guard_background_threads(state: ChildState, inputs: list[Any], output: Any) -> str | None:
+    """Work deferred to a Python thread would run outside the timed batch."""
+    if threading.active_count() > state.baseline_threads:
+        return f"background_thread: {threading.active_count() - state.baseline_threads} thread(s) alive after forward"
+    return None
+
+
+def guard_thread_count(state: ChildState, inputs: list[Any], output: Any) -> str | None:
+    """The thread budget is part of the benchmark; a candidate may not raise it."""
+    if torch.get_num_threads() != state.threads:
+        return f"thread_count_changed: torch.get_num_threads() = {torch.get_num_threads()} != {state.threads}"
+    return None
+
+
+CHILD_GUARDS: list[Callable[[ChildState, list[Any], Any], str | None]] = [
+    guard_plain_output,
+    guard_background_threads,
+    guard_thread_count,
+]
+
+
+def run_guards(state: ChildState, inputs: list[Any], output: Any) -> None:
+    for guard in CHILD_GUARDS:
+        reason = guard(state, inputs, output)
+        if reason:
+            raise GuardViolation(reason.split(":", 1)[0], reason)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def aliasing(inputs: list[Any], output: Any, previous: list[int]) -> dict[str, bool]:
+    """Does an output share storage with an input, or with an output of an earlier call?"""
+    out_ptrs = {t.untyped_storage().data_ptr() for t in _tensors(output) if t.numel() > 0}
+    in_ptrs = {t.untyped_storage().data_ptr() for t in _tensors(inputs) if t.numel() > 0}
+    return {"aliases_input": bool(out_ptrs & in_ptrs), "aliases_previous_output": bool(out_ptrs & set(previous))}
+
+
+def _short_error(exc: BaseException, filename: str) -> str:
+    try:
+        head = f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - a hostile __str__
+        head = type(exc).__name__
+    where = ""
+    try:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+        if frames:
+            f = frames[-1]
+            where = f" (line {f.lineno}: {(f.line or '').strip()[:200]})"
+    except Exception:  # noqa: BLE001
+        pass
+    return (head[: _ERROR_CHARS - len(where)] + where)[:_ERROR_CHARS]
+
+
+def _failure(exc: BaseException, default_status: str, filename: str) -> dict[str, Any]:
+    if isinstance(exc, GuardViolation):
+        return {"ok": False, "status": "rejected", "guard": exc.guard, "error": str(exc)[:_ERROR_CHARS]}
+    if isinstance(exc, SystemExit):
+        return {"ok": False, "status": "rejected", "guard": "exit_called", "error": "SystemExit raised by candidate code"}
+    error = _short_error(exc, filename)
+    if isinstance(exc, MemoryError) or any(m in error.lower() for m in _OOM_MARKERS):
+        return {"ok": False, "status": "oom", "error": error}
+    return {"ok": False, "status": default_status, "error": error}
+
+
+def _exec_source(source: str, filename: str) -> dict[str, Any]:
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"__name__": "__vegtts_candidate__", "__file__": filename}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - this child exists to run it
+    return namespace
+
+
+def _build(state: ChildState, msg: dict[str, Any]) -> None:
+    role = msg["role"]
+    filename = "<reference>" if role == "ref" else "<candidate>"
+    namespace = _exec_source(msg["source"], filename)
+    cls_name = "Model" if role == "ref" else "ModelNew"
+    cls = namespace.get(cls_name)
+    if not isinstance(cls, type):
+        raise NameError(f"the program defines no class {cls_name}")
+    torch.manual_seed(int(msg["init_seed"]))
+    with torch.no_grad():
+        model = cls(*msg["init_inputs"])
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"{cls_name} is not a torch.nn.Module")
+        model.load_state_dict(msg["state"], strict=True)
+    state.model = model
+
+
+def _forward(state: ChildState, inputs: list[Any]) -> Any:
+    with torch.no_grad():
+        output = state.model(*inputs)
+    run_guards(state, inputs, output)
+    return output
+
+
+# ----------------------------------------------------------------------------- the session loop
+
+
+def child_main(sock: socket.socket) -> None:
+    """Serve one parent until it says bye or closes the socket."""
+    tune_socket(sock)
+    state = ChildState(baseline_threads=threading.active_count())
+    filename = "<candidate>"
+    while True:
+        try:
+            msg = recv_message(sock)
+        except EOFError:
+            return
+        op = msg.get("op")
+        if op == "bye":
+            return
+        if op == "setup":
+            state.role = msg["role"]
+            state.threads = int(msg["threads"])
+            filename = "<reference>" if state.role == "ref" else "<candidate>"
+            torch.set_num_threads(state.threads)
+            try:
+                _build(state, msg)
+                state.baseline_threads = threading.active_count()
+                reply: dict[str, Any] = {"ok": True}
+            except BaseException as exc:  # noqa: BLE001 - candidate code may raise anything
+                reply = _failure(exc, "compile_error", filename)
+            send_json(sock, reply)
+        elif op == "forward":  # one correctness trial: output, inputs after the call, aliasing
+            inputs = msg["inputs"]
+            try:
+                output = _forward(state, inputs)
+                flags = aliasing(inputs, output, state.previous_storages)
+                state.previous_storages.extend(t.untyped_storage().data_ptr() for t in _tensors(output))
+                state.kept_outputs.append(output)
+                send_message(sock, {"ok": True, "output": output, "inputs": inputs, **flags})
+            except BaseException as exc:  # noqa: BLE001
+                send_json(sock, _failure(exc, "runtime_error", filename))
+        elif op == "load":  # inputs of the next timed batch, deserialised before the clock starts
+            state.batch = list(msg["batch"])
+            state.last_output = None
+            send_json(sock, {"ok": True})
+        elif op == "run":  # the timed batch; the parent's clock runs from request to this reply
+            try:
+                output = None
+                for inputs in state.batch:
+                    output = _forward(state, inputs)
+                state.last_output = output
+                send_json(sock, {"ok": True})
+            except BaseException as exc:  # noqa: BLE001
+                send_json(sock, _failure(exc, "runtime_error", filename))
+        elif op == "last":
+            send_message(sock, {"ok": True, "output": state.last_output})
+        else:
+            send_json(sock, {"ok": False, "status": "crash", "error": f"harness: unknown op {op!r}"})
+
+
+def spawn_main(fd: int) -> None:
+    """Entry point of a fresh interpreter per child (the slow baseline the fork server replaces)."""
+    from vegtts.evaluate.server import setup_child_process
+
+    import json
+    import os
+
+    config = json.loads(os.environ["VEGTTS_CHILD_CONFIG"])
+    setup_child_process(config)
+    sock = socket.socket(fileno=fd)
+    try:
+        child_main(sock)
+    finally:
+        sys.stdout.flush()
+        os._exit(0)

@@ -1,0 +1,340 @@
+"""Launching sandboxed children: a warm fork server, or (baseline) a fresh interpreter each time.
+
+The fork server is a separate process that imports torch once and then forks a child per
+session on request.  The parent hands it one end of a fresh socket pair (SCM_RIGHTS) and then
+talks to the child directly; the server never sees candidate code or data.
+
+Each child: its own session and process group, a scratch working directory, stdout/stderr to a
+size-capped file, RLIMIT_AS / CPU / FSIZE / CORE / NPROC, pinned CPUs where asked.  When the
+parent runs as root, every child also drops to a uid of its own (no other process has it), which
+makes RLIMIT_NPROC effective (root ignores it), keeps the candidate away from files and processes
+of the user, and lets ``finish`` kill every process the candidate started, even ones that
+escaped the process group, by sending SIGKILL to that whole uid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+STDIO_CAP_BYTES = 16 << 20  # RLIMIT_FSIZE of a child: its stdout/stderr file cannot grow past this
+_SRC_ROOT = str(Path(__file__).resolve().parents[2])  # .../src, so children import this vegtts
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _vm_size_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _user_process_count(uid: int) -> int:
+    count = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("Uid:"):
+                    count += int(line.split()[1]) == uid
+                    break
+        except OSError:
+            continue
+    return count
+
+
+def setup_child_process(config: dict[str, Any]) -> None:
+    """Runs in the child before any candidate code: isolate, limit, drop privileges."""
+    os.setsid()
+    stdio = os.open(config["stdio"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(stdio, 1)
+    os.dup2(stdio, 2)
+    os.close(stdio)
+    os.close(devnull)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the cap fails instead of killing
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if config.get("affinity"):
+        try:
+            os.sched_setaffinity(0, config["affinity"])
+        except OSError:
+            pass
+    threads = int(config["threads"])
+    # glibc reserves a malloc arena and a stack per thread: give extra threads their address space
+    address_space = _vm_size_bytes() + int(config["memory_limit_mb"]) * (1 << 20) + threads * (80 << 20)
+    limits = {
+        resource.RLIMIT_AS: address_space,
+        resource.RLIMIT_CPU: int(config["cpu_s"]),
+        resource.RLIMIT_FSIZE: STDIO_CAP_BYTES,
+        resource.RLIMIT_CORE: 0,
+    }
+    uid = config.get("uid")
+    if uid is not None and os.geteuid() == 0:
+        os.chown(config["scratch"], uid, uid)
+        limits[resource.RLIMIT_NPROC] = threads + 4  # counts threads; the child's uid is its own
+    else:
+        limits[resource.RLIMIT_NPROC] = _user_process_count(os.getuid()) + threads + 16
+    for what, value in limits.items():
+        soft_hard = (value, value + 5) if what == resource.RLIMIT_CPU else (value, value)
+        try:
+            resource.setrlimit(what, soft_hard)
+        except (ValueError, OSError):
+            resource.setrlimit(what, (value, resource.getrlimit(what)[1]))
+    if uid is not None and os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    os.chdir(config["scratch"])
+    os.environ.update({"HOME": config["scratch"], "TMPDIR": config["scratch"]})
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of `uid` (a helper that becomes `uid` and signals -1)."""
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)  # Linux never signals the caller itself
+        finally:
+            os._exit(0)
+    os.waitpid(helper, 0)
+
+
+# ----------------------------------------------------------------------------- server process
+
+
+def serve(fd: int) -> None:
+    """Main loop of the fork server process (started by ForkServer)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come to us to be reaped
+    except (OSError, AttributeError):
+        pass
+    import torch
+
+    torch.set_num_threads(1)  # never start an OpenMP pool here: forked children could not use it
+    torch.ones(8).add_(1)  # touch the allocator and dispatcher once so children start warm
+    import vegtts.evaluate.child  # noqa: F401 - preloaded for the children
+
+    is_root = os.geteuid() == 0
+    uid_base = 1_000_000_000 + (os.getpid() % 100_000) * 10_000
+    counter = 0
+    statuses: dict[int, int] = {}
+    live: dict[int, int] = {}  # pid -> uid
+    sock.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
+
+    def reap() -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in live:
+                statuses[pid] = status
+
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            break
+        request = json.loads(data)
+        reap()
+        if request["op"] == "fork":
+            counter += 1
+            config = dict(request["config"])
+            config["uid"] = uid_base + counter % 10_000 if is_root else None
+            pid = os.fork()
+            if pid == 0:
+                code = 70
+                try:
+                    sock.close()
+                    setup_child_process(config)
+                    from vegtts.evaluate.child import child_main
+
+                    child_main(socket.socket(fileno=fds[0]))
+                    code = 0
+                finally:
+                    try:
+                        sys.stdout.flush()
+                        sys.stderr.flush()
+                    finally:
+                        os._exit(code)
+            for f in fds:
+                os.close(f)
+            live[pid] = config["uid"] if config["uid"] is not None else -1
+            sock.send(json.dumps({"pid": pid}).encode())
+        elif request["op"] == "finish":
+            pid = int(request["pid"])
+            uid = live.pop(pid, -1)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            if uid >= 0:
+                _kill_uid(uid)
+            if pid not in statuses:
+                try:
+                    _, statuses[pid] = os.waitpid(pid, 0)
+                except ChildProcessError:
+                    statuses[pid] = -1
+            sock.send(json.dumps({"status": statuses.pop(pid)}).encode())
+            reap()
+    for pid, uid in live.items():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if uid >= 0:
+            _kill_uid(uid)
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+class Launcher(Protocol):
+    def launch(self, config: dict[str, Any]) -> tuple[int, socket.socket]: ...
+
+    def finish(self, pid: int) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([_SRC_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+class ForkServer:
+    """Client of a warm fork server process; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock = ours
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from vegtts.evaluate.server import serve; serve(int(sys.argv[1]))", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=_child_env(),
+            close_fds=True,
+        )
+        theirs.close()
+        reply = self._sock.recv(1 << 16)
+        if not reply:
+            raise RuntimeError("the evaluator's fork server failed to start (see its stderr)")
+        log.debug("fork server ready: %s", reply)
+
+    def _request(self, obj: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
+        with self._lock:
+            socket.send_fds(self._sock, [json.dumps(obj).encode()], fds or [])
+            reply = self._sock.recv(1 << 16)
+        if not reply:
+            raise RuntimeError("the evaluator's fork server died")
+        return json.loads(reply)
+
+    def launch(self, config: dict[str, Any]) -> tuple[int, socket.socket]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            reply = self._request({"op": "fork", "config": config}, [theirs.fileno()])
+        finally:
+            theirs.close()
+        return int(reply["pid"]), ours
+
+    def finish(self, pid: int) -> int:
+        return int(self._request({"op": "finish", "pid": pid})["status"])
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+            self._proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self._proc.kill()
+
+
+class SpawnLauncher:
+    """A fresh `python -c` interpreter per child: the slow baseline the fork server replaces."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, subprocess.Popen] = {}
+        self._counter = 0
+        self._lock = threading.Lock()
+
+    def launch(self, config: dict[str, Any]) -> tuple[int, socket.socket]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with self._lock:
+            self._counter += 1
+            uid = 1_000_000_000 + ((os.getpid() % 100_000) * 10_000 + 5_000 + self._counter % 5_000)
+        env = _child_env()
+        env["VEGTTS_CHILD_CONFIG"] = json.dumps({**config, "uid": uid if os.geteuid() == 0 else None})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from vegtts.evaluate.child import spawn_main; spawn_main(int(sys.argv[1]))", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            env=env,
+            close_fds=True,
+        )
+        theirs.close()
+        self._procs[proc.pid] = proc
+        return proc.pid, ours
+
+    def finish(self, pid: int) -> int:
+        proc = self._procs.pop(pid)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            proc.kill()
+        proc.wait()
+        rc = proc.returncode
+        return (-rc) & 0x7F if rc < 0 else (rc & 0xFF) << 8  # back to a wait() status
+
+    def close(self) -> None:
+        for pid in list(self._procs):
+            self.finish(pid)
+
+
+@dataclass
+class _Shared:
+    server: ForkServer | None = None
+
+
+_shared = _Shared()
+_shared_lock = threading.Lock()
+
+
+def shared_fork_server() -> ForkServer:
+    """One warm fork server per parent process, started on first use."""
+    with _shared_lock:
+        if _shared.server is None or not _shared.server.alive():
+            _shared.server = ForkServer()
+            import atexit
+
+            atexit.register(_shared.server.close)
+        return _shared.server

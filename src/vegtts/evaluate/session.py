@@ -1,0 +1,146 @@
+"""One sandboxed child as seen from the parent: requests with a deadline, failures as statuses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from vegtts.evaluate.protocol import Encoded, ProtocolError, recv_message, send_json, tune_socket
+from vegtts.evaluate.server import Launcher
+
+_OOM_MARKERS = ("MemoryError", "bad_alloc", "can't allocate memory", "Cannot allocate memory", "out of memory")
+_TAIL_BYTES = 2000
+
+
+class ChildFailure(Exception):
+    """The candidate's session ended in a non-ok status."""
+
+    def __init__(self, status: str, error: str = "", guard: str = "") -> None:
+        super().__init__(f"{status}: {error}")
+        self.status = status
+        self.error = error
+        self.guard = guard
+
+
+def encode_request(msg: dict[str, Any]) -> Encoded:
+    """Encode a request with tensors once, to send it to many children."""
+    return Encoded(msg)
+
+
+class ChildSession:
+    """A child forked for one session; always call close() (or use it as a context manager)."""
+
+    def __init__(
+        self,
+        launcher: Launcher,
+        *,
+        threads: int,
+        memory_limit_mb: int,
+        timeout_s: float,
+        affinity: list[int] | None = None,
+    ) -> None:
+        self.scratch = Path(tempfile.mkdtemp(prefix="vegtts-eval-"))
+        os.chmod(self.scratch, 0o700)
+        self.stdio = self.scratch / "stdio.txt"
+        self.timeout_s = timeout_s
+        self.max_reply_bytes = (memory_limit_mb + 256) << 20
+        config = {
+            "scratch": str(self.scratch),
+            "stdio": str(self.stdio),
+            "threads": threads,
+            "memory_limit_mb": memory_limit_mb,
+            "cpu_s": int(timeout_s * threads) + 5,  # backstop if the parent itself dies
+            "affinity": affinity,
+        }
+        self._launcher = launcher
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout_s
+        self.pid, self.sock = launcher.launch(config)
+        tune_socket(self.sock)
+        self._closed = False
+        self.exit_status: int | None = None
+
+    def __enter__(self) -> "ChildSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- requests
+    def request(self, msg: dict[str, Any] | Encoded) -> dict[str, Any]:
+        """Send a request (a JSON-able dict, or an Encoded message with tensors); return the ok reply."""
+        try:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self.sock.settimeout(remaining)
+            if isinstance(msg, Encoded):
+                msg.send(self.sock)
+            else:
+                send_json(self.sock, msg)
+            reply = recv_message(self.sock, self.deadline, self.max_reply_bytes)
+        except (TimeoutError, socket.timeout):
+            raise self._fail("timeout", f"no reply within the {self.timeout_s:g} s limit") from None
+        except (EOFError, OSError, ProtocolError) as exc:
+            raise self._died(exc) from None
+        if not isinstance(reply, dict):
+            raise self._fail("crash", "protocol violation: reply is not a mapping")
+        if not reply.get("ok"):
+            raise ChildFailure(str(reply.get("status", "crash")), str(reply.get("error", ""))[:2000], str(reply.get("guard", "")))
+        return reply
+
+    def timed_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """A request whose round trip the parent times (ns): the clock lives here, not in the child."""
+        t0 = time.perf_counter_ns()
+        reply = self.request(msg)
+        return reply, time.perf_counter_ns() - t0
+
+    # -- failures
+    def _fail(self, status: str, error: str) -> ChildFailure:
+        self.close()
+        return ChildFailure(status, error)
+
+    def stdio_tail(self) -> str:
+        try:
+            with open(self.stdio, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - _TAIL_BYTES))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def _died(self, exc: BaseException) -> ChildFailure:
+        tail = self.stdio_tail()  # read before close() removes the scratch dir
+        self.close()
+        status = self.exit_status if self.exit_status is not None else -1
+        if isinstance(exc, ProtocolError):
+            return ChildFailure("crash", f"protocol violation: {exc}")
+        last_line = next((ln for ln in reversed(tail.strip().splitlines()) if ln.strip()), "")[:300]
+        if any(m in tail for m in _OOM_MARKERS):
+            return ChildFailure("oom", f"child ran out of memory: {last_line}")
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGXCPU:
+                return ChildFailure("timeout", "CPU time limit exceeded")
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            return ChildFailure("crash", f"child killed by {name}" + (f"; last output: {last_line}" if last_line else ""))
+        if os.WIFEXITED(status):
+            return ChildFailure("crash", f"child exited early with code {os.WEXITSTATUS(status)}" + (f"; last output: {last_line}" if last_line else ""))
+        return ChildFailure("crash", f"connection to the child lost ({type(exc).__name__})")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.sock.close()
+        finally:
+            try:
+                self.exit_status = self._launcher.finish(self.pid)
+            finally:
+                shutil.rmtree(self.scratch, ignore_errors=True)

@@ -1,0 +1,62 @@
+"""Evaluator settings: what a candidate's verdict depends on."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from vegtts.io import code_fingerprint, short_hash
+
+# Settings that change how fast the evaluation runs but never its verdict or its numbers.
+_NOT_IN_CACHE_KEY = ("max_parallel",)
+
+
+@dataclass
+class EvalSettings:
+    device: str = "cpu"
+    threads: int = 1  # torch intra-op threads in every child (timing and correctness)
+    correctness_trials: int = 3  # fresh-input trials that must all match
+    timing_rounds: int = 15  # interleaved reference/candidate rounds
+    calls_per_round: int = 3  # forward calls per batch; per-call time = batch time / calls
+    warmup_calls: int = 2  # untimed calls per side before the rounds
+    timeout_s: float = 60.0  # wall-clock limit per child session (correctness, then timing)
+    memory_limit_mb: int = 4096  # address space a child may add on top of the warm server
+    bootstrap: int = 2000  # resamples for the speedup interval
+    excessive_speedup: float = 10.0  # speedups above this are re-timed in fresh children and flagged
+    seed: int = 0  # root of every input/init seed
+    allow_reference_calls: bool = True  # False: ModelNew may not call Model's forward
+    max_parallel: int = field(default_factory=lambda: os.cpu_count() or 1)  # correctness workers
+
+    def __post_init__(self) -> None:
+        if self.device != "cpu":
+            raise ValueError(f"evaluator device {self.device!r} is not supported here (only 'cpu')")
+        for name in ("threads", "correctness_trials", "timing_rounds", "calls_per_round", "max_parallel"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"evaluator setting {name} must be >= 1, got {getattr(self, name)!r}")
+        if self.warmup_calls < 0 or self.bootstrap < 0:
+            raise ValueError("warmup_calls and bootstrap must be >= 0")
+        if self.timeout_s <= 0 or self.memory_limit_mb <= 0 or self.excessive_speedup <= 1:
+            raise ValueError("timeout_s, memory_limit_mb must be > 0 and excessive_speedup > 1")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "EvalSettings":
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown evaluator setting(s) {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def cache_key(self) -> dict[str, Any]:
+        """Everything a cached verdict depends on: result-relevant settings and the evaluator code."""
+        key = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_CACHE_KEY}
+        key["evaluator_code"] = code_fingerprint("evaluate")
+        return key
+
+    def settings_hash(self) -> str:
+        return short_hash(self.cache_key())
