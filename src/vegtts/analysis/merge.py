@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from vegtts.analysis.surprisal import NLL_COLUMNS, surprisal_from_logprobs
+from vegtts.analysis.surprisal import NLL_COLUMNS, TAIL_COLUMNS, surprisal_from_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def surprisal_columns(df: pd.DataFrame) -> pd.DataFrame:
         surprisal_from_logprobs(lp, s, e).to_dict()
         for lp, s, e in zip(df["token_logprobs"], df["code_token_start"], df["code_token_end"])
     ]
-    cols = list(NLL_COLUMNS) + ["n_code_tokens", "n_tokens"]
+    cols = list(NLL_COLUMNS) + ["n_code_tokens", "n_tokens"] + list(TAIL_COLUMNS)
     return pd.DataFrame(rows, index=df.index, columns=cols)
 
 
@@ -101,7 +101,9 @@ def _apply_scores(merged: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
         if "token_logprobs" not in scores:
             raise ValueError(f"scores need the columns {NLL_COLUMNS} or token_logprobs + code span")
         scores = pd.concat([scores[KEYS], surprisal_columns(scores)], axis=1)
-    take = [c for c in (*NLL_COLUMNS, "n_code_tokens", "n_tokens") if c in scores]
+    take = [c for c in (*NLL_COLUMNS, *TAIL_COLUMNS, "n_code_tokens", "n_tokens") if c in scores]
+    if not set(TAIL_COLUMNS) <= set(take):
+        log.warning("scores carry no per-token log-probs: tail confidence stays the sampled one")
     out = merged.drop(columns=take).merge(scores[KEYS + take], on=KEYS, how="left", validate="one_to_one")
     unscored = out[NLL_COLUMNS[0]].isna() & ~merged[NLL_COLUMNS[0]].isna().to_numpy()
     if unscored.any():

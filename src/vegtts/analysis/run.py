@@ -15,7 +15,14 @@ from vegtts.analysis.definitions import DEFAULT_VARIANT, SURPRISAL_VARIANTS, def
 from vegtts.analysis.estimators import expected_best_speedup_at_k, fast_p_at_k, k_grid
 from vegtts.analysis.merge import merge_samples_and_evaluations
 from vegtts.analysis.selection import UNIT_KEYS, _cluster_bootstrap, aggregate_selection, select_all
-from vegtts.analysis.statistics import paired_comparisons, surprisal_correlations
+from vegtts.analysis.statistics import (
+    DEFAULT_SPREAD_THRESHOLD,
+    logprob_spread,
+    paired_comparisons,
+    surprisal_correlations,
+    surprisal_quartiles,
+)
+from vegtts.analysis.surprisal import NLL_COLUMNS, TAIL_COLUMNS
 from vegtts.analysis.tables import write_table
 from vegtts.io import write_parquet
 from vegtts.records import STATUSES
@@ -29,6 +36,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "primary_policy": None,  # None: "base" if present, else the first policy in sort order
     "bootstrap": 2000,
     "seed": 0,
+    "spread_threshold": DEFAULT_SPREAD_THRESHOLD,  # nats per token, see definition logprob_spread
     "signal_targets": {"share_correct": 0.25, "tasks_mixed_correctness": 8, "tasks_with_speed_signal": 4},
 }
 
@@ -40,7 +48,14 @@ TABLE_FILES = {
     "signal": "signal.csv",
     "comparisons": "comparisons.csv",
     "correlations": "correlations.csv",
+    "surprisal_quartiles": "surprisal_quartiles.csv",
+    "logprob_spread": "logprob_spread.csv",
+    "scaling_summary": "scaling_summary.csv",
+    "equivalent_k": "equivalent_k.csv",
+    "correct_samples": "correct_samples.csv",
 }
+# The tables the original workflow tracks; the others are new and listed for the lead to add.
+SATURATION_POINTS, SATURATION_RATIO = 0.02, 0.98
 MERGED_FILE = "samples_evaluated.parquet"
 
 
@@ -128,6 +143,70 @@ def scaling_table(
     return pd.DataFrame(rows)
 
 
+def unit_curves(samples: pd.DataFrame, fast_p: Sequence[float]) -> dict[str, dict[tuple[str, float | None], np.ndarray]]:
+    """Per policy: (metric, p) -> the mean over units of the Best-of-N curve at every k = 1..K."""
+    out: dict[str, dict[tuple[str, float | None], np.ndarray]] = {}
+    for policy, pol in samples.groupby("policy", sort=True):
+        units = [u for _, u in pol.groupby(UNIT_KEYS, sort=True)]
+        big_k = min(len(u) for u in units)
+        curves: dict[tuple[str, float | None], np.ndarray] = {}
+        for p in fast_p:
+            acc = np.zeros(big_k)
+            for u in units:
+                correct = u["correct"].to_numpy(bool)
+                c = int(correct.sum()) if p == 0 else int((correct & (u["speedup"].to_numpy(float) > p)).sum())
+                acc += [fast_p_at_k(len(u), c, k) for k in range(1, big_k + 1)]
+            curves[("fast_p@k", float(p))] = acc / len(units)
+        acc = np.zeros(big_k)
+        for u in units:
+            sp = u["speedup"].to_numpy(float)
+            acc += [expected_best_speedup_at_k(sp, k) for k in range(1, big_k + 1)]
+        curves[("expected_best_speedup@k", None)] = acc / len(units)
+        out[policy] = curves
+    return out
+
+
+def saturation_table(curves: Mapping[str, Mapping[tuple[str, float | None], np.ndarray]]) -> pd.DataFrame:
+    """Smallest k whose Best-of-N value is within 2 points (rates) or 2% (speedup) of the value at K."""
+    rows = []
+    for policy, by_metric in curves.items():
+        for (metric, p), curve in by_metric.items():
+            final = float(curve[-1])
+            target = final - SATURATION_POINTS if metric == "fast_p@k" else final * SATURATION_RATIO
+            k_sat = int(np.argmax(curve >= target - 1e-12)) + 1
+            rows.append({"policy": policy, "metric": metric, "p": math.nan if p is None else p, "K": len(curve), "value_at_1": float(curve[0]),
+                         "value_at_K": final, "saturation_k": k_sat, "value_at_saturation": float(curve[k_sat - 1]),
+                         "gain_last_doubling": final - float(curve[max(len(curve) // 2 - 1, 0)])})
+    return pd.DataFrame(rows)
+
+
+def equivalent_k_table(selection: pd.DataFrame, curves: Mapping[str, Mapping[tuple[str, float | None], np.ndarray]]) -> pd.DataFrame:
+    """Per rule: the smallest Best-of-N k whose oracle value reaches the rule's value at K."""
+    rows = []
+    for _, r in selection.iterrows():
+        by_metric = curves.get(r["policy"])
+        if by_metric is None:
+            continue
+        pairs = (("task_success", r["success_rate"], by_metric.get(("fast_p@k", 1.0))),
+                 ("mean_speedup", r["mean_speedup"], by_metric.get(("expected_best_speedup@k", None))))
+        for measure, value, curve in pairs:
+            if curve is None:
+                continue
+            reached = np.flatnonzero(curve >= value - 1e-9)
+            rows.append({"policy": r["policy"], "rule": r["rule"], "variant": r["variant"], "kind": r["kind"],
+                         "measure": measure, "rule_value": float(value), "K": len(curve),
+                         "k_matched": int(reached[0]) + 1 if reached.size else math.nan,
+                         "oracle_value_at_k_matched": float(curve[reached[0]]) if reached.size else math.nan})
+    return pd.DataFrame(rows)
+
+
+def correct_samples_table(samples: pd.DataFrame) -> pd.DataFrame:
+    """The per-sample values of correct samples that figures need (length, NLL, speedup)."""
+    cols = ["policy", "seed", "task_id", "sample_idx", "n_code_tokens", "n_tokens", "speedup", "fast_1",
+            *NLL_COLUMNS, *[c for c in TAIL_COLUMNS if c in samples]]
+    return samples.loc[samples["correct"].astype(bool), cols].reset_index(drop=True)
+
+
 def signal_table(samples: pd.DataFrame, policy: str, targets: Mapping[str, float]) -> pd.DataFrame:
     """Does the experiment have enough signal for selection to matter?  (tasks pool their seeds)"""
     pol = samples[samples["policy"] == policy]
@@ -158,7 +237,7 @@ def run_analysis(
     out_dir: str | os.PathLike,
     score_paths: Sequence[str | os.PathLike] | None = None,
 ) -> None:
-    """Merge samples with evaluations and write the five tables plus samples_evaluated.parquet."""
+    """Merge samples with evaluations and write TABLE_FILES plus samples_evaluated.parquet."""
     s = resolve_settings(settings)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,13 +256,25 @@ def run_analysis(
     sel_defs = definitions_for("task_success", "unit", "surprisal", "rule.", "tie_breaking", "geomean_speedup",
                                "geomean_speedup_solvable", "success_ci", "n_timed", "fast_1")
     write_table(per_unit, out / TABLE_FILES["selection_per_task"], sel_defs, prov)
-    write_table(aggregate_selection(per_unit, int(s["bootstrap"]), int(s["seed"])), out / TABLE_FILES["selection"],
-                sel_defs, prov)
+    selection = aggregate_selection(per_unit, int(s["bootstrap"]), int(s["seed"]))
+    write_table(selection, out / TABLE_FILES["selection"], {**sel_defs, **definitions_for("geomean_ci")}, prov)
 
-    write_table(paired_comparisons(per_unit), out / TABLE_FILES["comparisons"],
-                definitions_for("task_success", "unit", "comparisons"), prov)
+    write_table(paired_comparisons(per_unit, int(s["bootstrap"]), int(s["seed"])), out / TABLE_FILES["comparisons"],
+                definitions_for("task_success", "unit", "comparisons", "geomean_speedup"), prov)
     write_table(surprisal_correlations(samples), out / TABLE_FILES["correlations"],
                 definitions_for("surprisal", "correlations"), prov)
+    write_table(surprisal_quartiles(samples), out / TABLE_FILES["surprisal_quartiles"],
+                definitions_for("surprisal", "surprisal_quartiles", "fast_1"), prov)
+    write_table(logprob_spread(samples, float(s["spread_threshold"])), out / TABLE_FILES["logprob_spread"],
+                definitions_for("surprisal", "logprob_spread", "fast_1"), prov)
+    write_table(correct_samples_table(samples), out / TABLE_FILES["correct_samples"],
+                definitions_for("surprisal", "fast_1"), prov)
+
+    curves = unit_curves(samples, s["fast_p"])
+    write_table(saturation_table(curves), out / TABLE_FILES["scaling_summary"],
+                definitions_for("fast_p@k", "expected_best_speedup@k", "saturation_k"), prov)
+    write_table(equivalent_k_table(selection, curves), out / TABLE_FILES["equivalent_k"],
+                definitions_for("k_matched", "task_success", "fast_p@k", "expected_best_speedup@k"), prov)
 
     scaling = scaling_table(samples, s["k_values"], s["fast_p"], int(s["bootstrap"]), int(s["seed"]))
     write_table(scaling, out / TABLE_FILES["scaling"],

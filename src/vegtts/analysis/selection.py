@@ -2,7 +2,12 @@
 
 Every rule returns the selected sample (or an exact expectation, for random rules), whether
 it is fast_1 (task success) and its speedup.  A unit without a correct sample fails every
-rule with speedup 0.  Ties in a ranking go to the smallest sample_idx; NaN NLL ranks last.
+rule with speedup 0.  Ties in a ranking go to the smallest sample_idx; NaN keys rank last.
+
+Every ranking rule is also *deployable*: rank all samples before correctness is known and
+check them in rank order until the needed number of correct ones is found.  Because the
+ranking restricted to the correct samples is the ranking among correct samples, the deployable
+variant selects the same sample; what it adds is the cost, `n_evaluated` (correctness checks).
 """
 
 from __future__ import annotations
@@ -25,6 +30,33 @@ UNIT_KEYS = ["policy", "seed", "task_id"]
 NO_VARIANT = "-"
 TOP_N = 3
 
+
+@dataclass(frozen=True)
+class RankRule:
+    """A rule that ranks samples by `key` and times the first `top` correct ones, taking the fastest."""
+
+    name: str
+    key: str  # "nll", "resid", "tail" (per variant) or "length" (code tokens, no variant)
+    descending: bool
+    top: int
+    kind: str
+
+
+RANK_RULES: tuple[RankRule, ...] = (
+    RankRule("surprisal_top3", "nll", True, TOP_N, "main"),
+    RankRule("surprisal", "nll", True, 1, "main"),
+    RankRule("most_confident", "nll", False, 1, "main"),
+    RankRule("resid_surprisal", "resid", True, 1, "length_controlled"),
+    RankRule("resid_confident", "resid", False, 1, "length_controlled"),
+    RankRule("tail_confident", "tail", False, 1, "tail"),
+    RankRule("tail_surprisal", "tail", True, 1, "tail"),
+    RankRule("shortest", "length", False, 1, "control"),
+    RankRule("shortest_top3", "length", False, TOP_N, "control"),
+    RankRule("longest", "length", True, 1, "control"),
+    RankRule("longest_top3", "length", True, TOP_N, "control"),
+)
+_BY_NAME = {r.name: r for r in RANK_RULES}
+
 # (rule, uses a surprisal variant, kind); order = display order in tables and figures.
 RULES: tuple[tuple[str, bool, str], ...] = (
     ("oracle", False, "main"),
@@ -32,11 +64,18 @@ RULES: tuple[tuple[str, bool, str], ...] = (
     ("surprisal", True, "main"),
     ("random", False, "main"),
     ("most_confident", True, "main"),
+    ("resid_surprisal", True, "length_controlled"),
+    ("resid_confident", True, "length_controlled"),
+    ("tail_confident", True, "tail"),
+    ("tail_surprisal", True, "tail"),
     ("random_top3", False, "control"),
     ("shortest", False, "control"),
+    ("shortest_top3", False, "control"),
     ("longest", False, "control"),
+    ("longest_top3", False, "control"),
 )
 RULE_ORDER = [r for r, _, _ in RULES]
+RULE_KIND = {r: k for r, _, k in RULES}
 
 
 def display_order(rule: str, variant: str) -> tuple[int, int]:
@@ -55,7 +94,8 @@ class Selection:
     success: float  # 1/0, or the exact probability for random rules
     selected_speedup: float  # speedup (expectation for random rules); 0 on failure
     selected_log_speedup: float  # log(max(speedup, GEOMEAN_EPS)) (expectation for random rules)
-    n_timed: int  # timings spent beyond correctness checking
+    n_timed: float  # timings spent beyond correctness checking
+    n_evaluated: float  # correctness checks spent by the deployable variant (expectation for random rules)
     expected: bool  # True for exact-expectation rules
 
 
@@ -72,56 +112,107 @@ def rank(values: np.ndarray, sample_idx: np.ndarray, descending: bool) -> np.nda
     return np.lexsort((np.asarray(sample_idx), key, nan))
 
 
-def _fastest(speedup: np.ndarray, sample_idx: np.ndarray, among: np.ndarray) -> int:
-    order = rank(speedup[among], sample_idx[among], descending=True)
-    return int(among[order[0]])
+def residualise(nll: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """NLL minus its least-squares fit a + b * length over the finite entries (NaN stays NaN).
+
+    With fewer than 2 distinct lengths the slope is not identified and the fit is the mean.
+    """
+    nll = np.asarray(nll, dtype=float)
+    length = np.asarray(length, dtype=float)
+    ok = np.isfinite(nll) & np.isfinite(length)
+    out = np.full(nll.shape, np.nan)
+    if not ok.any():
+        return out
+    x, y = length[ok], nll[ok]
+    if np.unique(x).size >= 2:
+        b, a = np.polyfit(x, y, 1)
+        out[ok] = y - (a + b * x)
+    else:
+        out[ok] = y - y.mean()
+    return out
 
 
-def _pick(rule: str, variant: str, kind: str, pos: int, c: dict[str, np.ndarray], n_timed: int) -> Selection:
-    s = float(c["speedup"][pos])
-    return Selection(rule, variant, kind, int(c["sample_idx"][pos]), float(bool(c["fast_1"][pos])), s,
-                     float(_log_floor(s)), n_timed, False)
+def unit_keys(unit: pd.DataFrame, variant: str) -> dict[str, np.ndarray]:
+    """The ranking keys of every sample of a unit under one variant; samples without code get NaN."""
+    has_code = unit["has_code"].to_numpy(dtype=bool) if "has_code" in unit else np.ones(len(unit), bool)
+    length_col = "n_code_tokens" if variant.endswith("code") else "n_tokens"
+    nll = unit[f"nll_{variant}"].to_numpy(dtype=float)
+    tail_col = f"tail_nll_{variant}"
+    tail = unit[tail_col].to_numpy(dtype=float) if tail_col in unit else np.full(len(unit), np.nan)
+    length = unit[length_col].to_numpy(dtype=float) if length_col in unit else np.full(len(unit), np.nan)
+    code_len = unit["n_code_tokens"].to_numpy(dtype=float)
+    return {
+        "nll": np.where(has_code, nll, np.nan),
+        "resid": np.where(has_code, residualise(np.where(has_code, nll, np.nan), length), np.nan),
+        "tail": np.where(has_code, tail, np.nan),
+        "length": np.where(has_code, code_len, np.nan),
+    }
+
+
+def apply_rank_rule(rule: RankRule, variant: str, key: np.ndarray, unit: dict[str, np.ndarray]) -> Selection:
+    """Rank every sample by key, take the first `top` correct ones in rank order, select the fastest.
+
+    n_evaluated is the rank position of the last correct sample needed (all n when there are fewer).
+    """
+    idx, correct, speedup, fast = unit["sample_idx"], unit["correct"], unit["speedup"], unit["fast_1"]
+    n = idx.size
+    order = rank(key, idx, rule.descending)
+    correct_positions = np.flatnonzero(correct[order])
+    if correct_positions.size == 0:
+        return Selection(rule.name, variant, rule.kind, -1, 0.0, 0.0, float(_log_floor(0.0)), 0, n, False)
+    m = min(rule.top, correct_positions.size)
+    top = order[correct_positions[:m]]
+    n_evaluated = int(correct_positions[m - 1]) + 1 if correct_positions.size >= rule.top else n
+    best = top[rank(speedup[top], idx[top], descending=True)[0]]
+    s = float(speedup[best])
+    return Selection(rule.name, variant, rule.kind, int(idx[best]), float(bool(fast[best])), s,
+                     float(_log_floor(s)), m if rule.top > 1 else 1, n_evaluated, False)
+
+
+def expected_position_of_jth_success(n: int, c: int, j: int) -> float:
+    """E[position of the j-th success] in a uniformly random order of n items with c successes (j <= c)."""
+    return j * (n + 1) / (c + 1)
 
 
 def select_unit(unit: pd.DataFrame, variants: Sequence[str] = SURPRISAL_VARIANTS) -> list[Selection]:
     """Apply every rule (NLL rules under every variant) to the samples of one unit."""
-    correct = unit[unit["correct"].astype(bool)]
-    kinds = {r: k for r, _, k in RULES}
-    nc = len(correct)
-    if nc == 0:
-        out = []
-        for rule, uses_variant, kind in RULES:
-            for v in (variants if uses_variant else [NO_VARIANT]):
-                out.append(Selection(rule, v, kind, -1, 0.0, 0.0, float(_log_floor(0.0)), 0, rule.startswith("random")))
-        return out
-
-    c = {
-        "sample_idx": correct["sample_idx"].to_numpy(),
-        "speedup": correct["speedup"].to_numpy(dtype=float),
-        "fast_1": correct["fast_1"].to_numpy(dtype=bool),
-        "n_code_tokens": correct["n_code_tokens"].to_numpy(dtype=float),
+    u = {
+        "sample_idx": unit["sample_idx"].to_numpy(),
+        "correct": unit["correct"].to_numpy(dtype=bool),
+        "speedup": unit["speedup"].to_numpy(dtype=float),
+        "fast_1": unit["fast_1"].to_numpy(dtype=bool),
     }
-    idx, sp = c["sample_idx"], c["speedup"]
-    every = np.arange(nc)
-    out: list[Selection] = [_pick("oracle", NO_VARIANT, kinds["oracle"], _fastest(sp, idx, every), c, nc)]
-
-    out.append(Selection("random", NO_VARIANT, kinds["random"], -1, float(c["fast_1"].mean()), float(sp.mean()),
-                         float(np.mean(_log_floor(sp))), 1, True))
-    m = min(TOP_N, nc)
-    out.append(Selection("random_top3", NO_VARIANT, kinds["random_top3"], -1,
-                         fast_p_at_k(nc, int(c["fast_1"].sum()), m), expected_max_at_k(sp, m),
-                         expected_max_at_k(_log_floor(sp), m), m, True))
-    length = c["n_code_tokens"]
-    out.append(_pick("shortest", NO_VARIANT, kinds["shortest"], int(rank(length, idx, False)[0]), c, 1))
-    out.append(_pick("longest", NO_VARIANT, kinds["longest"], int(rank(length, idx, True)[0]), c, 1))
-
+    n, nc = len(unit), int(u["correct"].sum())
+    out: list[Selection] = []
+    if nc == 0:
+        for rule, _, kind in (r for r in RULES if not r[1]):
+            if rule not in _BY_NAME:
+                out.append(Selection(rule, NO_VARIANT, kind, -1, 0.0, 0.0, float(_log_floor(0.0)), 0, n,
+                                     rule.startswith("random")))
+    else:
+        ci = np.flatnonzero(u["correct"])
+        sp, idx = u["speedup"][ci], u["sample_idx"][ci]
+        best = ci[rank(sp, idx, descending=True)[0]]
+        s = float(u["speedup"][best])
+        out.append(Selection("oracle", NO_VARIANT, "main", int(u["sample_idx"][best]), float(bool(u["fast_1"][best])),
+                             s, float(_log_floor(s)), nc, n, False))
+        fast = u["fast_1"][ci]
+        out.append(Selection("random", NO_VARIANT, "main", -1, float(fast.mean()), float(sp.mean()),
+                             float(np.mean(_log_floor(sp))), 1, expected_position_of_jth_success(n, nc, 1), True))
+        m = min(TOP_N, nc)
+        out.append(Selection("random_top3", NO_VARIANT, "control", -1, fast_p_at_k(nc, int(fast.sum()), m),
+                             expected_max_at_k(sp, m), expected_max_at_k(_log_floor(sp), m), m,
+                             expected_position_of_jth_success(n, nc, m) if nc >= TOP_N else n, True))
+    first_variant = True
     for v in variants:
-        nll = correct[f"nll_{v}"].to_numpy(dtype=float)
-        out.append(_pick("most_confident", v, kinds["most_confident"], int(rank(nll, idx, False)[0]), c, 1))
-        by_surprisal = rank(nll, idx, True)
-        out.append(_pick("surprisal", v, kinds["surprisal"], int(by_surprisal[0]), c, 1))
-        top = by_surprisal[:m]
-        out.append(_pick("surprisal_top3", v, kinds["surprisal_top3"], _fastest(sp, idx, top), c, m))
+        keys = unit_keys(unit, v)
+        for rule in RANK_RULES:
+            if rule.key == "length":
+                if first_variant:
+                    out.append(apply_rank_rule(rule, NO_VARIANT, keys["length"], u))
+                continue
+            out.append(apply_rank_rule(rule, v, keys[rule.key], u))
+        first_variant = False
     return sorted(out, key=lambda s: display_order(s.rule, s.variant))
 
 
@@ -136,32 +227,80 @@ def select_all(samples: pd.DataFrame, variants: Sequence[str] = SURPRISAL_VARIAN
     return pd.DataFrame(rows)
 
 
+def bootstrap_counts(n_tasks: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot x n_tasks) multiplicities of each task in each task-resampled bootstrap draw."""
+    draws = rng.integers(0, n_tasks, size=(n_boot, n_tasks))
+    counts = np.zeros((n_boot, n_tasks))
+    np.add.at(counts, (np.repeat(np.arange(n_boot), n_tasks), draws.ravel()), 1.0)
+    return counts
+
+
 def _cluster_bootstrap(
     per_task_values: np.ndarray, per_task_units: np.ndarray, n_boot: int, rng: np.random.Generator
 ) -> np.ndarray:
     """Bootstrap draws (n_boot x n_cols) of unit-weighted means, resampling tasks with replacement."""
-    n_tasks = per_task_units.size
-    draws = rng.integers(0, n_tasks, size=(n_boot, n_tasks))
-    counts = np.zeros((n_boot, n_tasks))
-    np.add.at(counts, (np.repeat(np.arange(n_boot), n_tasks), draws.ravel()), 1.0)
+    counts = bootstrap_counts(per_task_units.size, n_boot, rng)
     return (counts @ per_task_values) / (counts @ per_task_units)[:, None]
 
 
+def _ratio_draws(counts: np.ndarray, num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (counts @ num) / (counts @ den)
+
+
+def percentile_ci(draws: np.ndarray) -> tuple[float, float]:
+    """95% percentile interval of the finite draws (NaN if none)."""
+    d = np.asarray(draws, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+class UnitMatrix:
+    """Per-unit values of every (rule, variant) of one policy, with task sums for paired bootstraps."""
+
+    def __init__(self, pol: pd.DataFrame):
+        pol = pol.assign(col=pol["rule"] + "|" + pol["variant"])
+        idx = ["task_id", "seed"]
+        self.success = pol.pivot_table(index=idx, columns="col", values="success", aggfunc="first")
+        self.log_speedup = pol.pivot_table(index=idx, columns="col", values="selected_log_speedup", aggfunc="first")
+        solvable = pol.groupby(idx)["n_correct"].first().reindex(self.success.index) > 0
+        self.solvable = solvable.to_numpy(dtype=float)
+        self.tasks = self.success.index.get_level_values("task_id").to_numpy()
+        self.task_order = sorted(set(self.tasks))
+        self.units_per_task = pd.Series(1.0, index=self.tasks).groupby(level=0).sum().reindex(self.task_order).to_numpy()
+        self.solvable_per_task = pd.Series(self.solvable, index=self.tasks).groupby(level=0).sum().reindex(
+            self.task_order).to_numpy()
+
+    def task_sums(self, frame: pd.DataFrame, col: str, weights: np.ndarray | None = None) -> np.ndarray:
+        v = frame[col].to_numpy(dtype=float)
+        if weights is not None:
+            v = v * weights
+        return pd.Series(v, index=self.tasks).groupby(level=0).sum().reindex(self.task_order).to_numpy()
+
+    def rate_draws(self, col: str, counts: np.ndarray) -> np.ndarray:
+        return _ratio_draws(counts, self.task_sums(self.success, col), self.units_per_task)
+
+    def log_geomean_draws(self, col: str, counts: np.ndarray, solvable_only: bool = False) -> np.ndarray:
+        if solvable_only:
+            return _ratio_draws(counts, self.task_sums(self.log_speedup, col, self.solvable), self.solvable_per_task)
+        return _ratio_draws(counts, self.task_sums(self.log_speedup, col), self.units_per_task)
+
+
 def aggregate_selection(per_unit: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per (policy, rule, variant): success rate with a task-clustered bootstrap CI, the paired
-    difference to the random rule with its CI, and mean / geometric-mean selected speedups."""
+    """Per (policy, rule, variant): success rate and geometric-mean speedups with task-clustered
+    bootstrap CIs, the paired difference to the random rule with its CI, and the costs."""
     rows = []
     rng = np.random.default_rng(seed)
     for policy, pol in per_unit.groupby("policy", sort=True):
-        pol = pol.assign(col=pol["rule"] + "|" + pol["variant"])
-        success = pol.pivot_table(index=["task_id", "seed"], columns="col", values="success", aggfunc="first")
-        by_task = success.groupby(level="task_id").sum()
-        units = success.groupby(level="task_id").size().to_numpy(dtype=float)
-        if n_boot > 0:
-            boot = _cluster_bootstrap(by_task.to_numpy(), units, n_boot, rng)
-            ref = by_task.columns.get_loc("random|-") if "random|-" in by_task.columns else None
+        mat = UnitMatrix(pol)
+        counts = bootstrap_counts(len(mat.task_order), n_boot, rng) if n_boot > 0 else None
+        ref = "random|-" if "random|-" in mat.success.columns else None
+        ref_draws = mat.rate_draws(ref, counts) if counts is not None and ref else None
         for (rule, variant), g in pol.groupby(["rule", "variant"], sort=False):
-            col = by_task.columns.get_loc(f"{rule}|{variant}")
+            col = f"{rule}|{variant}"
             solvable = g["n_correct"] > 0
             row = {
                 "policy": policy, "rule": rule, "variant": variant, "kind": g["kind"].iloc[0],
@@ -171,16 +310,24 @@ def aggregate_selection(per_unit: pd.DataFrame, n_boot: int = 2000, seed: int = 
                 "diff_vs_random": math.nan, "diff_lo": math.nan, "diff_hi": math.nan,
                 "mean_speedup": float(g["selected_speedup"].mean()),
                 "geomean_speedup": float(np.exp(g["selected_log_speedup"].mean())),
+                "geomean_lo": math.nan, "geomean_hi": math.nan,
                 "geomean_speedup_solvable": float(np.exp(g.loc[solvable, "selected_log_speedup"].mean()))
                 if solvable.any() else math.nan,
+                "geomean_solvable_lo": math.nan, "geomean_solvable_hi": math.nan,
                 "mean_n_timed": float(g["n_timed"].mean()),
+                "mean_n_evaluated": float(g["n_evaluated"].mean()),
+                "mean_n_samples": float(g["n_samples"].mean()),
             }
-            if n_boot > 0:
-                row["success_lo"], row["success_hi"] = np.percentile(boot[:, col], [2.5, 97.5])
-                if ref is not None:
-                    row["diff_vs_random"] = row["success_rate"] - float(
-                        pol.loc[pol["col"] == "random|-", "success"].mean())
-                    row["diff_lo"], row["diff_hi"] = np.percentile(boot[:, col] - boot[:, ref], [2.5, 97.5])
+            if ref:
+                row["diff_vs_random"] = row["success_rate"] - float(mat.success[ref].mean())
+            if counts is not None:
+                rate = mat.rate_draws(col, counts)
+                row["success_lo"], row["success_hi"] = percentile_ci(rate)
+                row["geomean_lo"], row["geomean_hi"] = np.exp(percentile_ci(mat.log_geomean_draws(col, counts)))
+                row["geomean_solvable_lo"], row["geomean_solvable_hi"] = np.exp(
+                    percentile_ci(mat.log_geomean_draws(col, counts, solvable_only=True)))
+                if ref_draws is not None:
+                    row["diff_lo"], row["diff_hi"] = percentile_ci(rate - ref_draws)
             rows.append(row)
     out = pd.DataFrame(rows)
     out["_o"] = [display_order(r, v) for r, v in zip(out["rule"], out["variant"])]

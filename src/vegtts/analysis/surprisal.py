@@ -9,6 +9,9 @@ from typing import Sequence
 import numpy as np
 
 NLL_COLUMNS = ("nll_sum_code", "nll_mean_code", "nll_sum_all", "nll_mean_all")
+# DeepConf-style tail: the lowest TAIL_SHARE of token log-probs (at least one token).
+TAIL_SHARE = 0.10
+TAIL_COLUMNS = ("tail_nll_sum_code", "tail_nll_mean_code", "tail_nll_sum_all", "tail_nll_mean_all")
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,10 @@ class Surprisal:
     nll_mean_all: float
     n_code_tokens: int
     n_tokens: int
+    tail_nll_sum_code: float = math.nan
+    tail_nll_mean_code: float = math.nan
+    tail_nll_sum_all: float = math.nan
+    tail_nll_mean_all: float = math.nan
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -39,6 +46,7 @@ def surprisal_from_logprobs(
     end = max(start, min(int(code_end), n))
     code = lp[start:end]
     nan = math.nan
+    tail_code, tail_all = lowest_tail(code), lowest_tail(lp)
     return Surprisal(
         nll_sum_code=float(-code.sum()) if code.size else nan,
         nll_mean_code=float(-code.mean()) if code.size else nan,
@@ -46,4 +54,16 @@ def surprisal_from_logprobs(
         nll_mean_all=float(-lp.mean()) if n else nan,
         n_code_tokens=int(code.size),
         n_tokens=n,
+        tail_nll_sum_code=float(-tail_code.sum()) if code.size else nan,
+        tail_nll_mean_code=float(-tail_code.mean()) if code.size else nan,
+        tail_nll_sum_all=float(-tail_all.sum()) if n else nan,
+        tail_nll_mean_all=float(-tail_all.mean()) if n else nan,
     )
+
+
+def lowest_tail(logprobs: np.ndarray, share: float = TAIL_SHARE) -> np.ndarray:
+    """The ceil(share * n) lowest log-probs (at least one; empty for an empty input)."""
+    if logprobs.size == 0:
+        return logprobs
+    m = max(1, math.ceil(share * logprobs.size - 1e-9))
+    return np.sort(logprobs)[:m]
