@@ -120,6 +120,28 @@ def aliasing(inputs: list[Any], output: Any, previous: list[int]) -> dict[str, b
     return {"aliases_input": bool(out_ptrs & in_ptrs), "aliases_previous_output": bool(out_ptrs & set(previous))}
 
 
+def sample_output(output: Any, indices: list[Any]) -> dict[str, Any]:
+    """Replace the i-th tensor of `output` by its flattened values at indices[i] (all if None)."""
+    shapes: list[list[int]] = []
+
+    def walk(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            i = len(shapes)
+            shapes.append(list(obj.shape))
+            flat = obj.reshape(-1)
+            idx = indices[i] if i < len(indices) else None
+            if idx is None:
+                return flat.clone()
+            if idx.numel() and int(idx.max()) >= flat.numel():
+                return flat[:0].clone()
+            return flat[idx]
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(walk(x) for x in obj)
+        return obj
+
+    return {"sampled": walk(output), "shapes": shapes}
+
+
 def _short_error(exc: BaseException, filename: str) -> str:
     try:
         head = f"{type(exc).__name__}: {exc}"
@@ -229,8 +251,11 @@ def child_main(sock: socket.socket) -> None:
                 send_json(sock, {"ok": True})
             except BaseException as exc:  # noqa: BLE001
                 send_json(sock, _failure(exc, "runtime_error", filename))
-        elif op == "last":
-            send_message(sock, {"ok": True, "output": state.last_output})
+        elif op == "last":  # the last timed call's output, at the element positions the parent chose
+            try:
+                send_message(sock, {"ok": True, **sample_output(state.last_output, msg["indices"])})
+            except BaseException as exc:  # noqa: BLE001 - a hostile output object
+                send_json(sock, _failure(exc, "runtime_error", filename))
         else:
             send_json(sock, {"ok": False, "status": "crash", "error": f"harness: unknown op {op!r}"})
 

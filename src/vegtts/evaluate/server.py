@@ -54,6 +54,33 @@ def _user_process_count(uid: int) -> int:
     return count
 
 
+class CappedOutput:
+    """sys.stdout/stderr of a child: writes to fd 1 until `cap` bytes, then silently drops."""
+
+    def __init__(self, fd: int, cap: int) -> None:
+        self.fd, self.cap, self.written = fd, cap, 0
+        self.encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        if self.written < self.cap:
+            data = str(text).encode("utf-8", "replace")[: self.cap - self.written]
+            try:
+                os.write(self.fd, data)
+            except OSError:
+                self.written = self.cap
+            self.written += len(data)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.fd
+
+
 def setup_child_process(config: dict[str, Any]) -> None:
     """Runs in the child before any candidate code: isolate, limit, drop privileges."""
     os.setsid()
@@ -64,6 +91,7 @@ def setup_child_process(config: dict[str, Any]) -> None:
     os.dup2(stdio, 2)
     os.close(stdio)
     os.close(devnull)
+    sys.stdout = sys.stderr = CappedOutput(1, STDIO_CAP_BYTES // 4)  # type: ignore[assignment]
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the cap fails instead of killing
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

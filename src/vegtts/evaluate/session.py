@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -84,6 +85,7 @@ class ChildSession:
                 msg.send(self.sock)
             else:
                 send_json(self.sock, msg)
+            self._wait_readable()
             reply = recv_message(self.sock, self.deadline, self.max_reply_bytes)
         except (TimeoutError, socket.timeout):
             raise self._fail("timeout", f"no reply within the {self.timeout_s:g} s limit") from None
@@ -100,6 +102,25 @@ class ChildSession:
         t0 = time.perf_counter_ns()
         reply = self.request(msg)
         return reply, time.perf_counter_ns() - t0
+
+    def _wait_readable(self) -> None:
+        """Wait for the reply; notice a dead child even if a grandchild still holds its socket."""
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            readable, _, _ = select.select([self.sock], [], [], min(remaining, 0.25))
+            if readable:
+                return
+            if self._child_gone():
+                raise EOFError("the child exited without replying")
+
+    def _child_gone(self) -> bool:
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return True
+        return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
     # -- failures
     def _fail(self, status: str, error: str) -> ChildFailure:

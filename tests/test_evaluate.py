@@ -1,0 +1,325 @@
+"""Evaluator tests: statuses, guards (hack corpus in tests/hacks), timing, cache, parquet I/O."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from vegtts.evaluate import EvalSettings, evaluate_samples_file, evaluate_task
+from vegtts.evaluate.compare import compare_outputs, same_values
+from vegtts.evaluate.guards import static_check
+from vegtts.evaluate.server import shared_fork_server
+from vegtts.evaluate.stats import speedup_stats
+from vegtts.io import read_parquet_metadata, sha256_text
+from vegtts.records import STATUSES, TaskSpec
+
+HACKS = Path(__file__).parent / "hacks"
+
+PROBLEMS = {
+    # small, with weights: checks the state_dict copy and most failure modes quickly
+    "scale": '''
+import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.lin = nn.Linear(d_in, d_out)
+
+    def forward(self, x):
+        return self.lin(x) * 2.0
+
+
+def get_inputs():
+    return [torch.randn(16, 64)]
+
+
+def get_init_inputs():
+    return [64, 32]
+''',
+    # written-out softmax: a one-call rewrite is several times faster on one thread
+    "softmax": '''
+import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x):
+        m = x.max(dim=-1, keepdim=True).values
+        e = torch.exp(x - m)
+        s = e.sum(dim=-1, keepdim=True)
+        return e / s
+
+
+def get_inputs():
+    return [torch.randn(256, 2048) * 3]
+
+
+def get_init_inputs():
+    return []
+''',
+}
+
+FAST = EvalSettings(correctness_trials=2, timing_rounds=5, calls_per_round=2, warmup_calls=1, bootstrap=200, timeout_s=20)
+
+
+def spec_of(name: str) -> TaskSpec:
+    src = PROBLEMS[name]
+    return TaskSpec(task_id=name, name=name, suite="test", source=src, source_sha256=sha256_text(src), forward_args=["x"])
+
+
+def program(problem: str, body: str) -> str:
+    return PROBLEMS[problem] + "\n\n" + body.strip() + "\n"
+
+
+def run_one(problem: str, body: str, settings: EvalSettings = FAST, **kw):
+    prog = program(problem, body) if body else ""
+    return evaluate_task(spec_of(problem), [(sha256_text(prog) if prog else "", prog)], settings, **kw)[0]
+
+
+def sandbox_processes() -> list[int]:
+    """Live processes that run under a sandbox uid (the evaluator's children use uids >= 1e9)."""
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        uid = int(re.search(r"^Uid:\s+(\d+)", text, re.M).group(1))
+        state = re.search(r"^State:\s+(\w)", text, re.M).group(1)
+        if uid >= 1_000_000_000 and state != "Z":
+            pids.append(int(status.parent.name))
+    return pids
+
+
+HONEST = "class ModelNew(Model):\n    def forward(self, x):\n        return super().forward(x)"
+
+
+# ----------------------------------------------------------------------------- settings, compare, stats
+
+
+def test_settings_from_dict_rejects_unknown_keys():
+    assert EvalSettings.from_dict({"timing_rounds": 7}).timing_rounds == 7
+    with pytest.raises(ValueError, match="unknown evaluator setting"):
+        EvalSettings.from_dict({"timing_round": 7})
+    with pytest.raises(ValueError):
+        EvalSettings.from_dict({"device": "tpu"})
+
+
+def test_settings_hash_ignores_parallelism_only():
+    a, b = EvalSettings(max_parallel=1), EvalSettings(max_parallel=8)
+    assert a.settings_hash() == b.settings_hash()
+    assert a.settings_hash() != EvalSettings(timing_rounds=16).settings_hash()
+
+
+def test_tolerance_is_scale_aware_and_nan_strict():
+    ref = torch.tensor([1000.0, 1.0, 0.0])
+    assert compare_outputs(ref, ref + torch.tensor([0.05, 0.0, 0.0]), 1e-4, 1e-4).ok  # 0.05 <= 1e-4*1000 + 0.1
+    assert not compare_outputs(ref, ref + torch.tensor([0.0, 0.0, 0.2]), 1e-4, 1e-4).ok
+    small = torch.tensor([1e-3, 2e-3])
+    assert not compare_outputs(small, small * 1.5, 1e-4, 1e-4).ok  # no scale-up below 1
+    nan_out = compare_outputs(torch.ones(3), torch.tensor([1.0, float("nan"), 1.0]), 1e-4, 1e-4)
+    assert not nan_out.ok and "NaN" in nan_out.error
+    both = torch.tensor([float("nan"), float("inf"), 1.0])
+    assert compare_outputs(both, both.clone(), 1e-4, 1e-4).ok
+    assert not compare_outputs(torch.ones(2, 3), torch.ones(3, 2), 1e-4, 1e-4).ok
+    assert not compare_outputs(torch.ones(2), torch.ones(2, dtype=torch.float64), 1e-4, 1e-4).ok
+    assert not compare_outputs((torch.ones(2),), [torch.ones(2)], 1e-4, 1e-4).ok
+    assert same_values([torch.tensor([float("nan")])], [torch.tensor([float("nan")])])
+
+
+def test_bootstrap_interval_brackets_the_ratio():
+    ref = [10.0, 10.5, 9.8, 10.2, 10.1, 9.9, 10.3]
+    cand = [5.0, 5.2, 4.9, 5.1, 5.0, 5.3, 4.8]
+    st = speedup_stats(ref, cand, 500, 0)
+    assert st.speedup_lo <= st.speedup <= st.speedup_hi
+    assert st.speedup_lo > 1.8 and st.speedup_hi < 2.2
+
+
+def test_static_guards_ignore_what_the_reference_itself_does():
+    ref = "import threading\nclass Model: pass\n"
+    assert static_check(ref + "class ModelNew(Model): pass\n", ref, True) is None
+    assert static_check(ref + "import ctypes\nclass ModelNew(Model): pass\n", ref, True).startswith("banned_import")
+    body = "class ModelNew(Model):\n    def forward(self, x):\n        return super().forward(x)\n"
+    assert static_check(ref + body, ref, False).startswith("reference_call")
+
+
+# ----------------------------------------------------------------------------- statuses
+
+
+def test_honest_candidate_is_ok_with_a_speedup_near_one():
+    rec = run_one("scale", HONEST)
+    assert rec.status == "ok" and rec.correct, rec.error
+    assert rec.speedup > 0 and rec.speedup_lo <= rec.speedup <= rec.speedup_hi
+    assert rec.n_timing_rounds == FAST.timing_rounds
+    assert rec.max_abs_err == 0.0
+
+
+def test_module_format_candidate_gets_the_reference_weights():
+    body = '''
+class ModelNew(nn.Module):
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.lin = nn.Linear(d_in, d_out)
+        torch.nn.init.zeros_(self.lin.weight)  # overwritten by the reference state_dict
+
+    def forward(self, x):
+        return torch.addmm(self.lin.bias, x, self.lin.weight.t()) * 2.0
+'''
+    rec = run_one("scale", body)
+    assert rec.status == "ok", rec.error
+
+
+def test_faster_rewrite_has_an_interval_above_one():
+    settings = EvalSettings(correctness_trials=2, timing_rounds=9, calls_per_round=3, warmup_calls=1, bootstrap=500, timeout_s=60)
+    rec = run_one("softmax", "class ModelNew(Model):\n    def forward(self, x):\n        return torch.softmax(x, dim=-1)", settings)
+    assert rec.status == "ok", rec.error
+    assert rec.speedup_lo > 1.0, (rec.speedup, rec.speedup_lo, rec.speedup_hi)
+
+
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        ("", "no_code", ""),
+        ("class ModelNew(Model)\n    pass", "syntax_error", "SyntaxError"),
+        ("undefined_name()\nclass ModelNew(Model):\n    pass", "compile_error", "NameError"),
+        ("class Other(Model):\n    pass", "compile_error", "ModelNew"),
+        ("class ModelNew(nn.Module):\n    def __init__(self, a, b):\n        super().__init__()\n        self.w = nn.Linear(3, 3)", "compile_error", "state_dict"),
+        ("class ModelNew(Model):\n    def forward(self, x):\n        raise ValueError('boom')", "runtime_error", "boom"),
+        ("class ModelNew(Model):\n    def forward(self, x):\n        return super().forward(x) + 1", "incorrect", "tolerance"),
+        ("class ModelNew(Model):\n    def forward(self, x):\n        return super().forward(x)[:8]", "incorrect", "shape"),
+        ("class ModelNew(Model):\n    def forward(self, x):\n        return super().forward(x).double()", "incorrect", "dtype"),
+        ("class ModelNew(Model):\n    def forward(self, x):\n        y = super().forward(x)\n        y[0, 0] = float('nan')\n        return y", "incorrect", "NaN"),
+    ],
+)
+def test_status(body, status, needle):
+    rec = run_one("scale", body)
+    assert rec.status == status, (rec.status, rec.error)
+    assert needle.lower() in (rec.error + rec.guard).lower()
+    assert not rec.correct and rec.speedup == 0.0
+
+
+def _hack_files():
+    return sorted(HACKS.glob("*.py"))
+
+
+@pytest.mark.parametrize("path", _hack_files(), ids=lambda p: p.stem)
+def test_hack_corpus(path):
+    text = path.read_text()
+    problem = re.search(r"^# problem: (\w+)", text, re.M).group(1)
+    expect = re.search(r"^# expect: (\S+)(?: (\S+))?", text, re.M)
+    statuses, guard = expect.group(1).split("|"), expect.group(2)
+    settings = FAST if "timeout" not in statuses else EvalSettings(**{**FAST.to_dict(), "timeout_s": 3})
+    before = time.monotonic()
+    rec = run_one(problem, text, settings)
+    assert rec.status in statuses, (rec.status, rec.error, rec.guard)
+    assert all(s in STATUSES for s in statuses)
+    if guard:
+        assert (rec.guard + " " + rec.error).startswith(guard) or guard in rec.error, (rec.guard, rec.error)
+    assert time.monotonic() - before < 60
+    time.sleep(0.2)
+    assert sandbox_processes() == [], "a sandboxed process outlived its evaluation"
+
+
+def test_a_crash_does_not_stop_the_others():
+    progs = [program("scale", HONEST), program("scale", (HACKS / "segfault.py").read_text()), program("scale", HONEST + "\n# b")]
+    recs = evaluate_task(spec_of("scale"), [(sha256_text(p), p) for p in progs], FAST)
+    assert [r.status for r in recs] == ["ok", "crash", "ok"]
+
+
+# ----------------------------------------------------------------------------- dedup, cache, samples
+
+
+class CountingLauncher:
+    def __init__(self):
+        self.inner = shared_fork_server()
+        self.launches = 0
+
+    def launch(self, config):
+        self.launches += 1
+        return self.inner.launch(config)
+
+    def finish(self, pid):
+        return self.inner.finish(pid)
+
+    def close(self):
+        pass
+
+
+def test_identical_programs_are_evaluated_once():
+    prog = program("scale", HONEST)
+    launcher = CountingLauncher()
+    recs = evaluate_task(spec_of("scale"), [("a", prog), ("b", prog), ("c", prog), ("", "")], FAST, launcher=launcher)
+    assert launcher.launches == 3  # one correctness child, one reference and one candidate timing child
+    assert [r.status for r in recs] == ["ok", "ok", "ok", "no_code"]
+    assert [r.code_sha256 for r in recs[:3]] == ["a", "b", "c"]
+    assert recs[0].speedup == recs[1].speedup == recs[2].speedup
+
+
+def test_cache_makes_a_second_call_free(tmp_path):
+    prog = program("scale", HONEST)
+    cands = [(sha256_text(prog), prog)]
+    first = evaluate_task(spec_of("scale"), cands, FAST, tmp_path)[0]
+    launcher = CountingLauncher()
+    t0 = time.monotonic()
+    second = evaluate_task(spec_of("scale"), cands, FAST, tmp_path, launcher=launcher)[0]
+    assert time.monotonic() - t0 < 0.5 and launcher.launches == 0
+    assert not first.cached and second.cached
+    assert second.speedup == first.speedup and second.status == "ok"
+    files = list(tmp_path.rglob("*.json"))
+    assert len(files) == 1 and files[0].name == f"{sha256_text(prog)}.json"
+    assert files[0].parent.name == spec_of("scale").source_sha256[:12]
+
+
+def _concurrent_writer(args):
+    cache_dir, bodies = args
+    progs = [program("scale", b) if b else "" for b in bodies]
+    recs = evaluate_task(spec_of("scale"), [(sha256_text(p), p) for p in progs], FAST, Path(cache_dir))
+    return [r.status for r in recs]
+
+
+@pytest.mark.slow
+def test_cache_is_safe_under_concurrent_writers(tmp_path):
+    bodies = [HONEST, HONEST + "\n# 2", "class ModelNew(Model):\n    def forward(self, x):\n        return x", ""]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        results = pool.map(_concurrent_writer, [(str(tmp_path), bodies)] * 4)
+    assert all(r == ["ok", "ok", "incorrect", "no_code"] for r in results), results
+    files = list(tmp_path.rglob("*.json"))
+    assert len(files) == 3
+    for f in files:
+        json.loads(f.read_text())
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_evaluate_samples_file(tmp_path):
+    good, bad = program("scale", HONEST), program("scale", "class ModelNew(Model):\n    def forward(self, x):\n        return x")
+    rows = []
+    for i, prog in enumerate([good, bad, good, ""]):
+        rows.append({"task_id": "scale", "policy": "base", "seed": 0, "sample_idx": i, "program": prog,
+                     "code_sha256": sha256_text(prog) if prog else "", "completion": "..."})
+    samples = tmp_path / "samples.parquet"
+    pd.DataFrame(rows).to_parquet(samples)
+    out = tmp_path / "evals.parquet"
+    df = evaluate_samples_file(samples, spec_of("scale"), FAST.to_dict(), tmp_path / "cache", out)
+    back = pd.read_parquet(out)
+    assert list(back["sample_idx"]) == [0, 1, 2, 3]
+    assert list(back["status"]) == ["ok", "incorrect", "ok", "no_code"]
+    assert {"speedup", "speedup_lo", "cached", "policy", "seed", "max_abs_err"} <= set(back.columns)
+    meta = read_parquet_metadata(out)
+    assert meta["settings"]["timing_rounds"] == FAST.timing_rounds and "hardware" in meta and "provenance" in meta
+    assert len(df) == 4
+    with pytest.raises(ValueError):
+        evaluate_samples_file(samples, spec_of("softmax"), FAST.to_dict(), None, tmp_path / "x.parquet")
