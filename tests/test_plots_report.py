@@ -35,7 +35,9 @@ def analysed(tmp_path_factory) -> Path:
 def test_figures_are_written_as_png_and_pdf(analysed: Path):
     paths = make_figures(analysed / "tables", analysed / "figures")
     names = sorted(p.name for p in paths)
-    assert names == ["scaling.pdf", "scaling.png", "selection.pdf", "selection.png"]
+    from vegtts.plots import FIGURE_NAMES
+
+    assert names == sorted(f"{n}.{ext}" for n in FIGURE_NAMES for ext in ("png", "pdf"))
     for p in paths:
         data = p.read_bytes()
         assert len(data) > 5000

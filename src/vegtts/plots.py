@@ -52,9 +52,22 @@ RULE_STYLE: dict[str, dict[str, str]] = {
     "random_top3": {"color": "#56B4E9", "marker": "P", "label": "random top-3"},
     "shortest": {"color": "#009E73", "marker": "<", "label": "shortest"},
     "longest": {"color": "#CC79A7", "marker": ">", "label": "longest"},
+    "resid_surprisal": {"color": "#F0E442", "marker": "h", "label": "length-resid. surprisal"},
+    "resid_confident": {"color": "#8C6D1F", "marker": "H", "label": "length-resid. confident"},
+    "tail_confident": {"color": "#332288", "marker": "^", "label": "tail confident (DeepConf)"},
+    "tail_surprisal": {"color": "#AA4499", "marker": "X", "label": "tail surprisal"},
+    "shortest_top3": {"color": "#117733", "marker": "<", "label": "shortest top-3"},
+    "longest_top3": {"color": "#882255", "marker": ">", "label": "longest top-3"},
 }
 CURVE_COLOR = "#4D4D4D"
-FIGURE_NAMES = ("scaling", "selection")
+OTHER_POLICY_COLORS = ("#009E73", "#CC79A7", "#56B4E9", "#E69F00")
+FIGURE_NAMES = ("scaling", "selection", "teaser", "surprisal_quartiles", "length_speedup", "rule_wins")
+ALL_KINDS = ("main", "length_controlled", "tail", "control")
+TEASER_RULES = ("oracle", "surprisal_top3", "surprisal", "random", "most_confident", "resid_surprisal", "tail_confident")
+
+
+def rule_label(rule: str) -> str:
+    return RULE_STYLE.get(rule, {"label": rule})["label"]
 
 
 def _percent(y: float, _pos: Any = None) -> str:
@@ -165,8 +178,195 @@ def selection_figure(selection: pd.DataFrame, policy: str, variant: str) -> plt.
     return fig
 
 
+def _optional_table(tables_dir: Path, name: str) -> pd.DataFrame | None:
+    path = tables_dir / TABLE_FILES[name]
+    if not path.exists():
+        log.warning("figures: table %s is missing; its figure is skipped", path.name)
+        return None
+    df, _ = read_table(path)
+    return df
+
+
+def _band(ax: plt.Axes, d: pd.DataFrame, color: str) -> None:
+    if d["ci_lo"].notna().any():
+        ax.fill_between(d["k"], d["ci_lo"], d["ci_hi"], color=color, alpha=0.15, lw=0)
+
+
+def _log2_k_axis(ax: plt.Axes, ks: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _rules_at_k(ax: plt.Axes, rules: pd.DataFrame, big_k: int, value: str, lo: str, hi: str) -> None:
+    offsets = np.linspace(-0.18, 0.18, len(rules)) if len(rules) > 1 else [0.0]
+    for off, (_, r) in zip(offsets, rules.iterrows()):
+        st = RULE_STYLE.get(r["rule"], {"color": "C0", "marker": "o", "label": r["rule"]})
+        x = big_k * 2 ** off
+        y = float(r[value])
+        if lo in r and np.isfinite(r[lo]):
+            ax.errorbar([x], [y], yerr=[[max(y - r[lo], 0)], [max(r[hi] - y, 0)]], fmt="none", ecolor=st["color"],
+                        elinewidth=0.9, capsize=2)
+        ax.plot([x], [y], ls="none", marker=st["marker"], color=st["color"], ms=8 if st["marker"] == "*" else 6,
+                markeredgecolor="black", markeredgewidth=0.4, label=st["label"])
+
+
+def teaser_figure(scaling: pd.DataFrame, selection: pd.DataFrame, policy: str, variant: str) -> plt.Figure:
+    """Best-of-N fast_1@k and expected best speedup@k (with bands), rules at K with their CIs; other
+    policies (e.g. TTT checkpoints) as dotted curves."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.6))
+    s = scaling[scaling["policy"].astype(str) == policy]
+    fast1 = s[(s["metric"] == "fast_p@k") & np.isclose(s["p"].astype(float), 1.0)].sort_values("k")
+    best = s[s["metric"] == "expected_best_speedup@k"].sort_values("k")
+    ax1.plot(fast1["k"], fast1["value"], color=CURVE_COLOR, marker=".", label="Best-of-N (oracle) fast$_1$@k")
+    _band(ax1, fast1, CURVE_COLOR)
+    ax2.plot(best["k"], best["value"], color=CURVE_COLOR, marker=".", label="Best-of-N E[best speedup]@k")
+    _band(ax2, best, CURVE_COLOR)
+    others = sorted(set(scaling["policy"].astype(str)) - {policy})
+    for color, other in zip(OTHER_POLICY_COLORS, others):
+        o = scaling[scaling["policy"].astype(str) == other]
+        of1 = o[(o["metric"] == "fast_p@k") & np.isclose(o["p"].astype(float), 1.0)].sort_values("k")
+        ob = o[o["metric"] == "expected_best_speedup@k"].sort_values("k")
+        ax1.plot(of1["k"], of1["value"], color=color, ls=":", marker=".", label=f"policy {other}")
+        ax2.plot(ob["k"], ob["value"], color=color, ls=":", marker=".", label=f"policy {other}")
+    big_k = int(fast1["K"].max()) if len(fast1) else 1
+    rules = primary_rules(selection, policy, variant, kinds=ALL_KINDS)
+    rules = rules[rules["rule"].isin(TEASER_RULES)]
+    _rules_at_k(ax1, rules, big_k, "success_rate", "success_lo", "success_hi")
+    _rules_at_k(ax2, rules, big_k, "mean_speedup", "", "")
+    ks = sorted(set(fast1["k"].astype(int)) | set(scaling["k"].astype(int)))
+    for ax in (ax1, ax2):
+        _log2_k_axis(ax, ks)
+        ax.set_xlabel("samples per task k (log$_2$)")
+    ax1.set_ylim(-0.02, 1.04)
+    ax1.yaxis.set_major_formatter(FuncFormatter(_percent))
+    ax1.set_ylabel("task success")
+    ax1.set_title("Task success: Best-of-N vs rules at k = K")
+    ax2.axhline(1.0, color="black", lw=0.7, ls="--")
+    ax2.set_ylabel("mean selected speedup (failures = 0)")
+    ax2.set_title("Speedup: expected best of k vs rules at K")
+    handles, labels = ax1.get_legend_handles_labels()
+    n_tasks = int(fast1["n_tasks"].max()) if len(fast1) else 0
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+               title=f"NLL variant {variant}")
+    fig.suptitle(f"Policy {policy}: n = {n_tasks} tasks, K = {big_k}; bands and bars: 95% CI, tasks resampled",
+                 fontsize=9.5)
+    fig.tight_layout(w_pad=2.0)
+    return fig
+
+
+def quartiles_figure(quartiles: pd.DataFrame, policy: str, variant: str) -> plt.Figure:
+    """Share fast_1 and geometric-mean speedup of correct samples per NLL quartile, both schemes."""
+    q = quartiles[(quartiles["policy"].astype(str) == policy) & (quartiles["variant"] == variant)]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.0, 3.2))
+    width = 0.38
+    for i, (scheme, color, hatch) in enumerate((("per_task", "#E69F00", ""), ("global", "#0072B2", "//"))):
+        d = q[q["scheme"] == scheme].sort_values("quartile")
+        if d.empty:
+            continue
+        x = d["quartile"].to_numpy(int) + (i - 0.5) * width
+        label = "quartiles within each task" if scheme == "per_task" else "global quartiles"
+        ax1.bar(x, d["share_fast_1"], width, color=color, hatch=hatch, edgecolor="black", lw=0.5, label=label)
+        ax2.bar(x, d["geomean_speedup"], width, color=color, hatch=hatch, edgecolor="black", lw=0.5, label=label)
+        for xi, n in zip(x, d["n_samples"]):
+            ax1.text(xi, 0.01, f"n={int(n)}", ha="center", va="bottom", fontsize=6.5, rotation=90)
+    labels = ["Q1\nmost\nconfident", "Q2", "Q3", "Q4\nmost\nsurprising"]
+    for ax in (ax1, ax2):
+        ax.set_xticks([1, 2, 3, 4], labels)
+        ax.grid(axis="x", visible=False)
+        ax.set_xlabel(f"NLL quartile ({variant}) among correct samples")
+    ax1.set_ylim(0, 1.05)
+    ax1.yaxis.set_major_formatter(FuncFormatter(_percent))
+    ax1.set_ylabel("share fast$_1$")
+    ax1.legend(frameon=False, loc="upper left")
+    ax2.set_yscale("log")
+    ax2.axhline(1.0, color="black", lw=0.8, ls="--")
+    ax2.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax2.yaxis.set_major_formatter(FuncFormatter(lambda y, _p: f"{y:g}×"))
+    ax2.yaxis.set_minor_formatter(NullFormatter())
+    ax2.set_ylabel("geometric-mean speedup")
+    fig.suptitle(f"Does surprisal predict speed? Correct samples by NLL quartile (policy {policy})", fontsize=9.5)
+    fig.tight_layout(w_pad=2.0)
+    return fig
+
+
+def length_speedup_figure(correct: pd.DataFrame, corr: pd.DataFrame, policy: str, variant: str) -> plt.Figure:
+    """Speedup of correct samples against length and against NLL, with raw and partial Spearman rho."""
+    d = correct[correct["policy"].astype(str) == policy]
+    length_col = "n_code_tokens" if variant.endswith("code") else "n_tokens"
+    nll = d[f"nll_{variant}"].to_numpy(float)
+    sp = np.maximum(d["speedup"].to_numpy(float), 1e-3)
+    length = d[length_col].to_numpy(float)
+    c = corr[(corr["policy"].astype(str) == policy) & (corr["variant"] == variant)]
+    r = c.iloc[0] if len(c) else None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.0, 3.4), sharey=True)
+    fast = d["fast_1"].astype(str).str.lower().eq("true").to_numpy()
+    for ax, x in ((ax1, length), (ax2, nll)):
+        ax.scatter(x[~fast], sp[~fast], s=12, color="#999999", alpha=0.7, lw=0, label="correct, not fast$_1$")
+        ax.scatter(x[fast], sp[fast], s=12, color="#D55E00", alpha=0.8, lw=0, label="fast$_1$")
+        ax.axhline(1.0, color="black", lw=0.7, ls="--")
+    ax1.set_yscale("log")
+    ax1.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax1.yaxis.set_major_formatter(FuncFormatter(lambda y, _p: f"{y:g}×"))
+    ax1.yaxis.set_minor_formatter(NullFormatter())
+    ax1.set_ylabel("speedup (log)")
+    ax1.set_xlabel(f"length ({'code tokens' if length_col == 'n_code_tokens' else 'completion tokens'})")
+    ax2.set_xlabel(f"NLL ({variant})")
+
+    def fmt(rho: float, p: float) -> str:
+        return "n/a" if not np.isfinite(rho) else f"{rho:+.2f} (p = {p:.2g})"
+
+    if r is not None:
+        ax1.set_title(f"Spearman ρ(length, speedup) = {fmt(r['spearman_length_speedup'], r['p_length'])}", fontsize=8.5)
+        ax2.set_title(f"ρ(NLL, speedup) = {fmt(r['spearman_nll_speedup'], r['p'])}\n"
+                      f"partial ρ given length = {fmt(r['partial_spearman_given_length'], r['p_partial'])}",
+                      fontsize=8.5)
+    ax1.legend(frameon=False, loc="lower right")
+    fig.suptitle(f"Length, surprisal and speed among {len(d)} correct samples (policy {policy}, pooled over tasks)",
+                 fontsize=9.5)
+    fig.tight_layout(w_pad=1.5)
+    return fig
+
+
+def rule_wins_figure(per_unit: pd.DataFrame, policy: str, variant: str) -> plt.Figure:
+    """Per task: each rule's selected speedup relative to the oracle's (mean over seeds); the best
+    non-oracle rule(s) of a task are marked; grey rows are tasks without a correct sample."""
+    d = per_unit[(per_unit["policy"].astype(str) == policy) &
+                 ((per_unit["variant"] == variant) | (per_unit["variant"] == NO_VARIANT))]
+    oracle = d[d["rule"] == "oracle"].set_index(["task_id", "seed"])["selected_speedup"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = d.assign(rel=d["selected_speedup"].to_numpy(float) /
+                     oracle.reindex(pd.MultiIndex.from_frame(d[["task_id", "seed"]])).to_numpy(float))
+    rules = [r for r in RULE_ORDER if r in set(d["rule"]) and r != "oracle"]
+    d = d.assign(task_id=d["task_id"].astype(str))
+    grid = d.pivot_table(index="task_id", columns="rule", values="rel", aggfunc="mean").reindex(columns=rules)
+    grid = grid.reindex(sorted(d["task_id"].astype(str).unique()))
+    values = grid.to_numpy(float)
+    fig_h = max(2.4, 0.22 * len(grid) + 1.6)
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.45 * len(rules) + 2.5), fig_h))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
+    im = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    for i in range(values.shape[0]):
+        row = values[i]
+        if np.isfinite(row).any():
+            for j in np.flatnonzero(np.isclose(row, np.nanmax(row))):
+                ax.plot(j, i, marker="o", ms=3.5, color="white", markeredgecolor="black", markeredgewidth=0.4)
+    ax.set_xticks(range(len(rules)), [rule_label(r) for r in rules], rotation=40, ha="right")
+    ax.set_yticks(range(len(grid)), [str(t) for t in grid.index])
+    ax.grid(False)
+    cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    cb.set_label("selected speedup / oracle speedup")
+    ax.set_title(f"Which rule wins per task (policy {policy}, NLL variant {variant}; dot = best non-oracle rule)",
+                 fontsize=9)
+    return fig
+
+
 def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write scaling.{png,pdf} and selection.{png,pdf} from the CSV tables; return their paths."""
+    """Write every figure in FIGURE_NAMES as .png and .pdf from the CSV tables; return their paths.
+
+    scaling and selection need only selection.csv and scaling.csv; the others are skipped (with a
+    warning) when their table is missing, so older analysis outputs still draw.
+    """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     selection, header = read_table(tables_dir / TABLE_FILES["selection"])
     scaling, _ = read_table(tables_dir / TABLE_FILES["scaling"])
@@ -175,5 +375,16 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     with plt.rc_context(STYLE):
         written += _save(scaling_figure(scaling, selection, policy, variant), out_dir, "scaling")
         written += _save(selection_figure(selection, policy, variant), out_dir, "selection")
+        written += _save(teaser_figure(scaling, selection, policy, variant), out_dir, "teaser")
+        quartiles = _optional_table(tables_dir, "surprisal_quartiles")
+        if quartiles is not None and not quartiles.empty:
+            written += _save(quartiles_figure(quartiles, policy, variant), out_dir, "surprisal_quartiles")
+        correct = _optional_table(tables_dir, "correct_samples")
+        corr = _optional_table(tables_dir, "correlations")
+        if correct is not None and corr is not None and not correct.empty:
+            written += _save(length_speedup_figure(correct, corr, policy, variant), out_dir, "length_speedup")
+        per_unit = _optional_table(tables_dir, "selection_per_task")
+        if per_unit is not None and not per_unit.empty:
+            written += _save(rule_wins_figure(per_unit, policy, variant), out_dir, "rule_wins")
     log.info("figures: %s", ", ".join(p.name for p in written))
     return written
