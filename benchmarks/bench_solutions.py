@@ -3,7 +3,8 @@
 For each task the reference Model and the solution ModelNew (tests/solutions/<task_id>.py,
 appended to the reference source, reference weights loaded) run on the same inputs in
 interleaved rounds (ref, sol, sol, ref, ...: the order alternates so drift and cache warmth
-cancel); the table shows the median per-call time of each and the ratio of the medians.
+cancel); the table shows the median per-call time of each, the ratio of the medians, and the
+25-75% range of the per-round paired ratios (how much the machine's noise moves the ratio).
 
     PYTHONPATH=src python benchmarks/bench_solutions.py [--rounds 21] [--ids a,b]
 """
@@ -49,7 +50,7 @@ def interleaved_ms(ref, sol, inputs, rounds: int) -> tuple[list[float], list[flo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--ids", default="all", help="comma-separated task ids, or 'all'")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -58,12 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     hw = hardware_fingerprint()
     print(f"# {hw['cpu']} ({hw['logical_cpus']} logical CPUs), torch {torch.__version__}, 1 thread, "
           f"{args.rounds} interleaved rounds, median ms per forward")
-    print(f"{'task_id':<20} {'tags':<34} {'ref_ms':>8} {'sol_ms':>8} {'speedup':>8}")
+    print(f"{'task_id':<20} {'tags':<34} {'ref_ms':>8} {'sol_ms':>8} {'speedup':>8} {'paired_iqr':>14}")
     for spec in specs:
         ref, sol, inputs = build_pair(spec)
         ref_ms, sol_ms = interleaved_ms(ref, sol, inputs, args.rounds)
         r, s = statistics.median(ref_ms), statistics.median(sol_ms)
-        print(f"{spec.task_id:<20} {','.join(spec.tags):<34} {r:8.2f} {s:8.2f} {r / s:7.2f}x", flush=True)
+        q1, _, q3 = statistics.quantiles([a / b for a, b in zip(ref_ms, sol_ms)], n=4)
+        print(f"{spec.task_id:<20} {','.join(spec.tags):<34} {r:8.2f} {s:8.2f} {r / s:7.2f}x "
+              f"{f'[{q1:.2f}, {q3:.2f}]':>14}", flush=True)
     return 0
 
 
