@@ -69,8 +69,10 @@ def test_report_is_self_contained_and_escaped(analysed: Path):
                       {"sample": 12.5, "evaluate": {"jobs": 6, "seconds": 3.25}}, analysed / "report.html")
     text = out.read_text()
     # both figures embedded, and they decode to the PNGs on disk
+    from vegtts.plots import FIGURE_NAMES
+
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(imgs) == 2
+    assert len(imgs) == len(FIGURE_NAMES)
     assert base64.b64decode(imgs[0]) == (analysed / "figures" / "scaling.png").read_bytes()
     # nothing external
     assert not re.search(r'(src|href)="(https?:)?//', text)
@@ -91,6 +93,23 @@ def test_report_is_self_contained_and_escaped(analysed: Path):
     for name in ("selection.csv", "sample_stats.csv", "scaling.csv", "signal.csv"):
         assert name in text
     assert "<td>task02</td>" in text and "<td>surprisal_top3</td>" in text
+    # the findings: winner, each difference with its interval and verdict, length, spread, scaling
+    assert "Winning rule" in text and "95% CI" in text
+    assert "surprisal vs most confident" in text
+    assert re.search(r"not significant at n = 6 tasks|<b>significant</b>", text)
+    assert "Length: Over" in text and "partial rho" in text
+    assert "Log-prob spread" in text and "saturates" in text
+
+
+def test_report_embeds_any_extra_png(analysed: Path, tmp_path: Path):
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    src = next((analysed / "figures").glob("*.png"), None) if (analysed / "figures").exists() else None
+    if src is None:
+        src = make_figures(analysed / "tables", figs)[0]
+    (figs / "ttt_curve.png").write_bytes(src.read_bytes())
+    text = make_report(analysed / "tables", figs, {}, {}, None, tmp_path / "r.html").read_text()
+    assert "<figcaption>ttt_curve</figcaption>" in text
 
 
 def test_report_tolerates_missing_figures(analysed: Path, tmp_path: Path):

@@ -43,6 +43,14 @@ FIGURE_CAPTIONS = {
     "selection": "Selection rules among correct samples: task success with task-clustered bootstrap 95% CIs (left) and "
                  "geometric-mean selected speedup over units with a correct sample (right, log axis). "
                  "Hatched bars are controls.",
+    "teaser": "Best-of-N fast_1@k and expected best speedup@k of the oracle among k samples (bands: 95% CI, tasks "
+              "resampled) against each selection rule at k = K (bars: 95% CI); other policies dotted.",
+    "surprisal_quartiles": "Correct samples by NLL quartile (Q1 most confident .. Q4 most surprising), quartiles cut "
+                           "within each task and globally: share fast_1 and geometric-mean speedup.",
+    "length_speedup": "Speedup of correct samples against length and NLL, with Spearman rho and the partial rho of NLL "
+                      "and speedup given length.",
+    "rule_wins": "Per task: each rule's selected speedup relative to the oracle (grey: no correct sample); dots mark "
+                 "the best non-oracle rule(s) of the task.",
 }
 
 
@@ -163,7 +171,129 @@ def summary_paragraphs(tables: Mapping[str, pd.DataFrame], header: Mapping[str, 
         if f1 > 0:
             limits.append(f"{_pct(1 - f1s / f1)} of the fast_1 samples are not faster beyond timing noise "
                           "(fast_1 but not fast_1_sig), so part of any fast_1 rate is noise")
+    paras += findings_paragraphs(tables, policy, variant, n_tasks)
     paras.append("<p>What this data does <b>not</b> support: " + "; ".join(limits) + ".</p>")
+    return paras
+
+
+def _label(rule: str) -> str:
+    return RULE_STYLE.get(rule, {"label": rule})["label"]
+
+
+def _p(x: float) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.2g}"
+
+
+def _is_true(v: Any) -> bool:
+    return str(v).lower() == "true"
+
+
+def comparison_sentences(comp: pd.DataFrame, policy: str, variant: str, n_tasks: int) -> list[str]:
+    """One escaped sentence per paired comparison under the primary variant (or with no variant)."""
+    out = []
+    c = comp[(comp["policy"].astype(str) == policy) & comp["variant"].isin([variant, "-"])]
+    for _, r in c.iterrows():
+        has_ci = np.isfinite(r.get("diff_lo", math.nan))
+        s = (f"{esc(_label(r['rule_a']))} vs {esc(_label(r['rule_b']))}: {100 * r['diff']:+.0f} points")
+        if has_ci:
+            s += f" (95% CI {100 * r['diff_lo']:+.0f} to {100 * r['diff_hi']:+.0f})"
+            s += f", Cohen's h {r['cohens_h']:+.2f} [{r['h_lo']:+.2f}, {r['h_hi']:+.2f}]"
+        disc = int(r["a_wins"]) + int(r["b_wins"])
+        if disc:
+            s += (f", {int(r['a_wins'])} of {disc} discordant units favour the first (sign test one-sided "
+                  f"p = {_p(r['sign_test_p_one_sided'])}, McNemar p = {_p(r['mcnemar_exact_p'])})")
+        if np.isfinite(r.get("geomean_ratio_lo", math.nan)):
+            s += (f"; geometric-mean speedup ratio {r['geomean_ratio']:.2f}× "
+                  f"[{r['geomean_ratio_lo']:.2f}, {r['geomean_ratio_hi']:.2f}]")
+        if has_ci:
+            excludes = r["diff_lo"] > 0 or r["diff_hi"] < 0
+            s += (" &mdash; <b>significant</b> (CI excludes 0)" if excludes
+                  else f" &mdash; not significant at n = {n_tasks} tasks")
+        out.append(s)
+    return out
+
+
+def length_verdict(corr: pd.DataFrame, sel_rules: pd.DataFrame, policy: str, variant: str) -> str:
+    """Does length explain the surprisal-speedup association?  From correlations and the residual rule."""
+    c = corr[(corr["policy"].astype(str) == policy) & (corr["variant"] == variant)] if not corr.empty else corr
+    if c.empty:
+        return "No correlation table: the length question cannot be answered."
+    r = c.iloc[0]
+    rho, p, prho, pp = r["spearman_nll_speedup"], r["p"], r["partial_spearman_given_length"], r["p_partial"]
+    lrho, lp = r["spearman_length_speedup"], r["p_length"]
+    text = (f"Over {int(r['n_correct_samples'])} correct samples, Spearman rho(NLL, speedup) = {rho:+.2f} "
+            f"(p = {_p(p)}); controlling for length, partial rho = {prho:+.2f} (p = {_p(pp)}); "
+            f"rho(length, speedup) = {lrho:+.2f} (p = {_p(lp)}). ")
+    if not (np.isfinite(p) and np.isfinite(pp)):
+        text += "Too few correct samples to decide whether length explains the association."
+    elif p < 0.05 and pp >= 0.05:
+        text += "<b>Length explains it</b>: the association is significant raw but not once length is controlled."
+    elif pp < 0.05:
+        text += "<b>The association survives length control</b> (partial rho significant at 0.05)."
+    else:
+        text += "No association is detectable at this sample size, with or without length control."
+    rate = dict(zip(sel_rules["rule"], sel_rules["success_rate"]))
+    if "resid_surprisal" in rate and "surprisal" in rate:
+        text += (f" As a rule, length-residualised surprisal reaches {_pct(rate['resid_surprisal'])} task success "
+                 f"vs {_pct(rate['surprisal'])} for raw surprisal.")
+    return text
+
+
+def findings_paragraphs(tables: Mapping[str, pd.DataFrame], policy: str, variant: str, n_tasks: int) -> list[str]:
+    """Winner, each difference with its interval, length, spread, scaling: what the data supports."""
+    sel = tables["selection"]
+    paras: list[str] = []
+    rules = primary_rules(sel, policy, variant, kinds=("main", "length_controlled", "tail", "control"))
+    cont = rules[rules["rule"] != "oracle"].sort_values(["success_rate", "geomean_speedup"], ascending=False,
+                                                        kind="mergesort")
+    if not cont.empty:
+        w = cont.iloc[0]
+        ci = f" (95% CI {_pct(w['success_lo'])} to {_pct(w['success_hi'])})" if np.isfinite(w["success_lo"]) else ""
+        geo = (f", geometric-mean speedup {w['geomean_speedup']:.2f}× [{w['geomean_lo']:.2f}, {w['geomean_hi']:.2f}]"
+               if "geomean_lo" in w and np.isfinite(w["geomean_lo"]) else "")
+        cost = (f"; deployed, it checks {w['mean_n_evaluated']:.1f} of {w['mean_n_samples']:.0f} samples per task "
+                f"on average and times {w['mean_n_timed']:.1f}" if "mean_n_evaluated" in w else "")
+        tied = cont[np.isclose(cont["success_rate"], w["success_rate"]) & (cont["rule"] != w["rule"])]["rule"]
+        tie_text = (f" Tied on task success: {esc(', '.join(_label(r) for r in tied))}; only the speedup separates them."
+                    if len(tied) else "")
+        paras.append(f"<p>Winning rule (highest task success, ties broken by geometric-mean speedup, all rules and "
+                     f"controls under variant {esc(variant)}): <b>{esc(_label(w['rule']))}</b> with "
+                     f"{_pct(w['success_rate'])}{esc(ci)}{esc(geo)}{esc(cost)}.{tie_text}</p>")
+    comp = tables.get("comparisons", pd.DataFrame())
+    if not comp.empty:
+        items = comparison_sentences(comp, policy, variant, n_tasks)
+        if items:
+            paras.append(f"<p>Paired differences (task success, rule A minus rule B; paired task-clustered bootstrap; "
+                         f"{len(items)} comparisons, not corrected for multiplicity, so about {0.05 * len(items):.1f} "
+                         "would look significant by chance):</p><ul>" + "".join(f"<li>{s}</li>" for s in items) + "</ul>")
+    paras.append(f"<p>Length: {length_verdict(tables.get('correlations', pd.DataFrame()), rules, policy, variant)}</p>")
+    spread = tables.get("logprob_spread", pd.DataFrame())
+    if not spread.empty:
+        s = spread[(spread["policy"].astype(str) == policy) & (spread["variant"] == variant)]
+        if len(s):
+            cannot = int((~s["rules_can_matter"].map(_is_true)).sum())
+            flat = int((~s["spread_ok"].map(_is_true)).sum())
+            same = int((~s["outcome_mixed"].map(_is_true)).sum())
+            paras.append(f"<p>Log-prob spread: in {cannot} of {len(s)} units with a correct sample no log-prob rule can "
+                         f"change task success ({flat} have fewer than 2 correct samples or an NLL range below "
+                         f"{esc(s['threshold'].iloc[0] if variant.startswith('mean') else 'the threshold')} "
+                         f"(nats/token for mean variants), {same} have correct samples that are all fast_1 or all "
+                         f"not). Rule differences come from the remaining {len(s) - cannot}.</p>")
+    sat, eq = tables.get("scaling_summary", pd.DataFrame()), tables.get("equivalent_k", pd.DataFrame())
+    if not sat.empty:
+        f1 = sat[(sat["policy"].astype(str) == policy) & (sat["metric"] == "fast_p@k") & np.isclose(sat["p"], 1.0)]
+        if len(f1):
+            r = f1.iloc[0]
+            text = (f"Best-of-N fast_1@k rises from {_pct(r['value_at_1'])} at k = 1 to {_pct(r['value_at_K'])} at "
+                    f"K = {int(r['K'])} and saturates (within 2 points of K) at k = {int(r['saturation_k'])}.")
+            if not eq.empty:
+                e = eq[(eq["policy"].astype(str) == policy) & (eq["measure"] == "task_success") &
+                       eq["variant"].isin([variant, "-"]) & (eq["rule"] != "oracle")]
+                parts = [f"{esc(_label(x['rule']))} k = {int(x['k_matched'])}" if np.isfinite(x["k_matched"])
+                         else f"{esc(_label(x['rule']))} k &gt; K" for _, x in e.iterrows()]
+                if parts:
+                    text += " Oracle Best-of-N matches each rule's task success at: " + ", ".join(parts) + "."
+            paras.append(f"<p>{text}</p>")
     return paras
 
 
@@ -215,12 +345,20 @@ def make_report(
             parts.append(f"<figure>{_embed_png(png)}<figcaption>{esc(caption)}</figcaption></figure>")
         else:
             parts.append(f'<p class="note">Figure {esc(name)} is missing.</p>')
+    # Any other PNG (a figure added later) is embedded too, under its file name.
+    extra = sorted(p for p in figures_dir.glob("*.png") if p.stem not in FIGURE_CAPTIONS) if figures_dir.is_dir() else []
+    for png in extra:
+        parts.append(f"<figure>{_embed_png(png)}<figcaption>{esc(png.stem)}</figcaption></figure>")
 
     parts.append("<h2>Tables</h2>")
     for name, heading in (("selection", "Selection rules"), ("signal", "Signal check"),
                           ("sample_stats", "Sample statistics per task"), ("scaling", "Best-of-N scaling"),
                           ("comparisons", "Paired rule comparisons"),
-                          ("correlations", "Surprisal vs speedup among correct samples")):
+                          ("correlations", "Surprisal vs speedup among correct samples"),
+                          ("surprisal_quartiles", "Surprisal quartiles (correct samples)"),
+                          ("logprob_spread", "Log-prob spread per unit"),
+                          ("scaling_summary", "Best-of-N saturation"),
+                          ("equivalent_k", "Best-of-N budget matching each rule")):
         df = tables[name]
         parts.append(f"<h3>{esc(heading)} <span class=\"note\">({esc(TABLE_FILES[name])})</span></h3>")
         parts.append(html_table(df) if not df.empty else '<p class="note">missing</p>')
