@@ -190,6 +190,22 @@ def test_faster_rewrite_has_an_interval_above_one():
     assert rec.speedup_lo > 1.0, (rec.speedup, rec.speedup_lo, rec.speedup_hi)
 
 
+def test_excessive_speedup_is_retimed_and_flagged():
+    settings = EvalSettings(**{**FAST.to_dict(), "excessive_speedup": 1.5})
+    launcher = CountingLauncher()
+    rec = run_one("softmax", "class ModelNew(Model):\n    def forward(self, x):\n        return torch.softmax(x, dim=-1)", settings, launcher=launcher)
+    assert rec.status == "ok", rec.error
+    assert rec.speedup > 1.5 and "excessive_speedup_retimed" in rec.flags.split(",")
+    assert launcher.launches == 5  # correctness child + two timing pairs
+
+
+def test_slow_correct_candidate_times_out_not_the_reference():
+    settings = EvalSettings(**{**FAST.to_dict(), "timeout_s": 4})
+    body = "import time\nclass ModelNew(Model):\n    def forward(self, x):\n        time.sleep(0.4)\n        return super().forward(x)"
+    rec = run_one("scale", body, settings)
+    assert rec.status == "timeout" and "timing" in rec.error, (rec.status, rec.error)
+
+
 @pytest.mark.parametrize(
     "body, status, needle",
     [

@@ -205,12 +205,14 @@ class Verdict:
     seconds: float = 0.0  # wall time spent on this candidate (its own phases, not queueing)
 
 
-def _session(launcher: Launcher, settings: EvalSettings, affinity: list[int] | None = None) -> ChildSession:
+def _session(
+    launcher: Launcher, settings: EvalSettings, affinity: list[int] | None = None, timeout_s: float | None = None
+) -> ChildSession:
     return ChildSession(
         launcher,
         threads=settings.threads,
         memory_limit_mb=settings.memory_limit_mb,
-        timeout_s=settings.timeout_s,
+        timeout_s=timeout_s or settings.timeout_s,
         affinity=affinity,
     )
 
@@ -255,7 +257,9 @@ def time_candidate(ctx: ReferenceContext, program: str, launcher: Launcher) -> V
     cpus = _timing_cpus(settings.threads)
     ref_ms: list[float] = []
     cand_ms: list[float] = []
-    with timing_lock(), _session(launcher, settings, cpus) as ref, _session(launcher, settings, cpus) as cand:
+    # the reference child outlives the candidate's deadline, so a slow candidate times out, not the reference
+    ref_timeout = 2 * settings.timeout_s + 30
+    with timing_lock(), _session(launcher, settings, cpus, ref_timeout) as ref, _session(launcher, settings, cpus) as cand:
 
         def on_ref(fn: Any, *args: Any) -> Any:
             try:
@@ -369,6 +373,18 @@ def _time_and_retime(ctx: ReferenceContext, program: str, launcher: Launcher, ve
     return verdict
 
 
+_last_context: dict[str, ReferenceContext] = {}
+
+
+def _reference_context(spec: TaskSpec, settings: EvalSettings) -> ReferenceContext:
+    """The last task's context is kept, so repeated calls for one task reuse its inputs."""
+    key = f"{spec.source_sha256}:{settings.settings_hash()}:{spec.atol}:{spec.rtol}"
+    if key not in _last_context:
+        _last_context.clear()
+        _last_context[key] = ReferenceContext.build(spec, settings)
+    return _last_context[key]
+
+
 def evaluate_task(
     spec: TaskSpec,
     candidates: list[tuple[str, str]],
@@ -417,7 +433,7 @@ def evaluate_task(
             to_run.append(program)
     if to_run:
         launcher = launcher or shared_fork_server()
-        ctx = ReferenceContext.build(spec, settings)
+        ctx = _reference_context(spec, settings)
 
         def correctness(program: str) -> Verdict:
             t0 = time.monotonic()

@@ -27,8 +27,10 @@ def _spread(x: np.ndarray) -> float:
 def speedup_stats(ref_ms: list[float], cand_ms: list[float], n_boot: int, seed: int) -> TimingStats:
     """ref/cand medians; 95% percentile bootstrap of the ratio of medians.
 
-    Rounds are resampled in pairs (the same round indices for both sides): each round's
-    reference and candidate batches ran back to back, so pairing keeps machine drift common.
+    The two sides' rounds are resampled independently.  Pairing rounds (they ran back to back)
+    would narrow the interval when drift is shared, but on a shared machine most noise is a burst
+    hitting one batch only, and the paired interval then covered 1 in too few A/A runs; the
+    unpaired one is the conservative choice (see benchmarks/results/evaluator_cpu.txt).
     """
     ref = np.asarray(ref_ms, dtype=float)
     cand = np.asarray(cand_ms, dtype=float)
@@ -39,7 +41,8 @@ def speedup_stats(ref_ms: list[float], cand_ms: list[float], n_boot: int, seed: 
     lo = hi = speedup
     if n_boot > 0 and ref.size > 1:
         rng = np.random.default_rng(seed)
-        idx = rng.integers(0, ref.size, size=(n_boot, ref.size))
-        ratios = np.median(ref[idx], axis=1) / np.median(cand[idx], axis=1)
+        ref_idx = rng.integers(0, ref.size, size=(n_boot, ref.size))
+        cand_idx = rng.integers(0, cand.size, size=(n_boot, cand.size))
+        ratios = np.median(ref[ref_idx], axis=1) / np.median(cand[cand_idx], axis=1)
         lo, hi = (float(v) for v in np.percentile(ratios, [2.5, 97.5]))
     return TimingStats(ref_med, cand_med, _spread(ref), _spread(cand), speedup, lo, hi, int(ref.size))

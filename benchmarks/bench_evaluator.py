@@ -1,0 +1,164 @@
+"""Evaluator benchmark: per-candidate overhead (fork server vs fresh interpreter), throughput,
+and an A/A run (the reference against itself) for the false-positive rate of fast_1 / fast_1_sig.
+
+    PYTHONPATH=src python benchmarks/bench_evaluator.py [--aa 30] [--throughput 64] [--overhead 6]
+
+Every ratio is measured in this one run; the machine may be shared, so read medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from vegtts.evaluate import EvalSettings, evaluate_task
+from vegtts.evaluate.server import SpawnLauncher, shared_fork_server
+from vegtts.io import hardware_fingerprint, sha256_text
+from vegtts.records import TaskSpec
+
+SOURCE = '''
+import torch
+import torch.nn as nn
+
+BATCH = {batch}
+DIM = 2048
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x):
+        m = x.max(dim=-1, keepdim=True).values
+        e = torch.exp(x - m)
+        s = e.sum(dim=-1, keepdim=True)
+        return e / s
+
+
+def get_inputs():
+    return [torch.randn(BATCH, DIM) * 3]
+
+
+def get_init_inputs():
+    return []
+'''
+HONEST = "class ModelNew(Model):\n    pass  # variant {i}\n"
+FAST = "class ModelNew(Model):\n    def forward(self, x):\n        return torch.softmax(x, dim=-1)  # variant {i}\n"
+WRONG = "class ModelNew(Model):\n    def forward(self, x):\n        return torch.softmax(x, dim=0)  # variant {i}\n"
+FAILING = "class ModelNew(Model):\n    def forward(self, x):\n        raise RuntimeError('variant {i}')\n"
+
+
+def calibrated_spec(target_ms: float) -> TaskSpec:
+    """Pick BATCH so one reference forward takes about target_ms on one thread."""
+    torch.set_num_threads(1)
+    batch = 64
+    ns: dict = {}
+    exec(SOURCE.format(batch=batch), ns)  # noqa: S102 - our own reference
+    model, x = ns["Model"](), torch.randn(batch, 2048)
+    for _ in range(3):
+        model(x)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        model(x)
+    per_row_ms = (time.perf_counter() - t0) / 10 * 1000 / batch
+    batch = max(8, int(round(target_ms / per_row_ms)))
+    src = SOURCE.format(batch=batch)
+    return TaskSpec("bench_softmax", f"softmax {batch}x2048", "bench", src, sha256_text(src), ["x"])
+
+
+def programs(spec: TaskSpec, template: str, n: int, offset: int = 0) -> list[tuple[str, str]]:
+    out = []
+    for i in range(offset, offset + n):
+        prog = spec.source + "\n\n" + template.format(i=i)
+        out.append((sha256_text(prog), prog))
+    return out
+
+
+def timed_work_s(rec, s: EvalSettings) -> float:
+    """Forward calls the evaluator has to make anyway: timed rounds + warm-up, both sides."""
+    if not rec.correct:
+        return 0.0
+    calls = s.timing_rounds * s.calls_per_round + s.warmup_calls
+    return calls * (rec.ref_time_ms + rec.cand_time_ms) / 1000
+
+
+def overhead(spec: TaskSpec, s: EvalSettings, n: int) -> dict[str, float]:
+    out = {}
+    for name, launcher in (("fork_server", shared_fork_server()), ("fresh_interpreter", SpawnLauncher())):
+        evaluate_task(spec, programs(spec, HONEST, 1, offset=10_000 + len(out)), s, launcher=launcher)  # warm
+        recs = evaluate_task(spec, programs(spec, HONEST, n, offset=1000 * (len(out) + 1)), s, launcher=launcher)
+        per = [r.eval_seconds - timed_work_s(r, s) for r in recs]
+        out[name] = statistics.median(per)
+        out[name + "_eval_s"] = statistics.median(r.eval_seconds for r in recs)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target-ms", type=float, default=5.0, help="reference forward time to calibrate for")
+    ap.add_argument("--aa", type=int, default=30, help="A/A candidates (the reference against itself)")
+    ap.add_argument("--throughput", type=int, default=64, help="candidates in the throughput task")
+    ap.add_argument("--overhead", type=int, default=6, help="candidates per launcher in the overhead comparison")
+    ap.add_argument("--settings", default="{}", help="JSON of EvalSettings overrides (default: the defaults)")
+    ap.add_argument("--aa-only", action="store_true", help="run only the A/A part")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    s = EvalSettings.from_dict(json.loads(args.settings))
+    spec = calibrated_spec(args.target_ms)
+    print(f"machine: {hardware_fingerprint()}")
+    print(f"settings: {s.to_dict()}")
+    print(f"task: {spec.name} (calibrated for a {args.target_ms} ms reference)")
+
+    if args.aa_only:
+        return aa_run(spec, s, args.aa)
+    oh = overhead(spec, s, args.overhead)
+    print("\n== per-candidate overhead (evaluation wall time minus timed forward calls), median ==")
+    print(f"fork server:        {oh['fork_server']:.3f} s   (whole evaluation {oh['fork_server_eval_s']:.3f} s)")
+    print(f"fresh interpreter:  {oh['fresh_interpreter']:.3f} s   (whole evaluation {oh['fresh_interpreter_eval_s']:.3f} s)")
+    print(f"ratio fresh/fork:   {oh['fresh_interpreter'] / oh['fork_server']:.1f}x")
+
+    n = args.throughput
+    mix = (programs(spec, HONEST, n // 4, 20_000) + programs(spec, FAST, n // 4, 20_000)
+           + programs(spec, WRONG, n // 4, 20_000) + programs(spec, FAILING, n - 3 * (n // 4), 20_000))
+    t0 = time.monotonic()
+    recs = evaluate_task(spec, mix, s)
+    wall = time.monotonic() - t0
+    statuses = {st: sum(r.status == st for r in recs) for st in sorted({r.status for r in recs})}
+    ok = [r for r in recs if r.correct]
+    print(f"\n== throughput: {n} candidates (1/4 honest, 1/4 faster, 1/4 wrong, 1/4 raising) ==")
+    print(f"wall {wall:.1f} s -> {n / wall:.2f} candidates/s; statuses {statuses}")
+    print(f"per correct candidate: median eval {statistics.median(r.eval_seconds for r in ok):.3f} s; "
+          f"reference median {statistics.median(r.ref_time_ms for r in ok):.2f} ms/call")
+    fast = [r for r in recs if r.correct and "torch.softmax" in mix[recs.index(r)][1]]
+    if fast:
+        print(f"faster rewrite: median speedup {statistics.median(r.speedup for r in fast):.2f}, "
+              f"share with interval above 1: {np.mean([r.speedup_lo > 1 for r in fast]):.2f}")
+
+    aa_run(spec, s, args.aa)
+
+
+def aa_run(spec: TaskSpec, s: EvalSettings, n: int) -> None:
+    aa = evaluate_task(spec, programs(spec, HONEST, n, 30_000), s)
+    sp = np.array([r.speedup for r in aa if r.correct])
+    log_sp = np.log(sp)
+    print(f"\n== A/A: {n} candidates that are the reference ==")
+    print(f"correct {len(sp)}/{n}; log-speedup mean {log_sp.mean():+.4f}, sd {log_sp.std(ddof=1):.4f}, "
+          f"min {sp.min():.3f}, max {sp.max():.3f}")
+    print(f"false fast_1 rate (speedup > 1):        {np.mean(sp > 1):.3f}")
+    print(f"false fast_1_sig rate (lower bound > 1): {np.mean([r.speedup_lo > 1 for r in aa if r.correct]):.3f}")
+    print(f"interval covers 1: {np.mean([r.speedup_lo <= 1 <= r.speedup_hi for r in aa if r.correct]):.3f}; "
+          f"median interval width {statistics.median(r.speedup_hi - r.speedup_lo for r in aa if r.correct):.3f}")
+    print(f"median evaluation time per A/A candidate: {statistics.median(r.eval_seconds for r in aa):.3f} s")
+    if not math.isfinite(float(log_sp.std())):
+        raise SystemExit("A/A produced no finite speedups")
+
+
+if __name__ == "__main__":
+    main()
