@@ -77,6 +77,17 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
 
 
 # --- sample -----------------------------------------------------------------------------------
+def sampler_settings(settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Map the config's `sampling` + `prompt` blocks onto the sampler's settings."""
+    prompt = settings.get("prompt", {})
+    mapped = {key: settings[key] for key in ("k", "temperature", "top_p", "max_new_tokens", "batch_size") if key in settings}
+    mapped["seed"] = seed
+    mapped.update({"prompt_format": prompt.get("format", "body"), "prompt_style": prompt.get("style", "completion")})
+    if "n_shots" in prompt:
+        mapped["n_shots"] = prompt["n_shots"]
+    return mapped
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -86,10 +97,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     run_sampling(
         tasks_json_path=Path(args.tasks),
         task_id=args.task,
-        settings=args.settings,
+        settings=sampler_settings(args.settings, args.seed),
         model_path=args.model,
         out_parquet=Path(args.out),
-        seed=args.seed,
         policy=args.policy,
     )
     return 0
@@ -159,6 +169,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         stage_times=stage_times_from_benchmarks(args.timings or []),
         out_html=Path(args.out),
     )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare_experiments
+
+    compare_experiments([Path(d) for d in args.experiments], Path(args.out))
     return 0
 
 
@@ -235,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=_json_arg, required=True, help="the experiment config as JSON")
     p.add_argument("--timings", nargs="*", help="sample/evaluation artifacts whose benchmark files give stage times")
     p.add_argument("--out", required=True)
+
+    p = _add(sub, "compare", cmd_compare, "one HTML report comparing two or more experiments side by side")
+    p.add_argument("experiments", nargs="+", help="experiment result folders (results/<exp>/ with tables/ and figures/)")
+    p.add_argument("--out", required=True, help="the comparison report.html")
     return parser
 
 
