@@ -145,8 +145,10 @@ def _canonical_id(raw: Any, suite: str, suite_cfg: dict[str, Any]) -> str:
 def _selected(suite_cfg: dict[str, Any]) -> tuple[str, list[ProblemFile]]:
     suite, available = _available(suite_cfg)
     ids = suite_cfg.get("ids", "all")
-    if ids == "all":
+    if ids == "all" or (ids == "default" and suite != "builtin"):
         return suite, list(available.values())
+    if ids == "default":
+        ids = DEFAULT_TASK_IDS
     if isinstance(ids, (str, int)):
         ids = [ids]
     wanted = list(dict.fromkeys(_canonical_id(i, suite, suite_cfg) for i in ids))
@@ -161,8 +163,8 @@ def _selected(suite_cfg: dict[str, Any]) -> tuple[str, list[ProblemFile]]:
 def list_task_ids(suite_cfg: dict[str, Any]) -> list[str]:
     """Task ids a suite config selects, in a stable order.  Cheap: reads file names only.
 
-    suite_cfg keys: `suite` ("builtin" | "dir" | "kernelbench", default builtin), `ids` (list or
-    "all", default all), `path` (dir/kernelbench), `level` (kernelbench).
+    suite_cfg keys: `suite` ("builtin" | "dir" | "kernelbench", default builtin), `ids` (list,
+    "all", or "default": the builtin default mix, every problem for other suites; default all), `path` (dir/kernelbench), `level` (kernelbench).
     """
     return [pf.task_id for pf in _selected(suite_cfg)[1]]
 
