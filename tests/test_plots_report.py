@@ -118,3 +118,28 @@ def test_report_tolerates_missing_figures(analysed: Path, tmp_path: Path):
     assert "Figure scaling is missing" in text and "data:image/png" not in text
     for definition in ("fast_1_sig",):
         assert html.escape(DEFINITIONS[definition]) in text
+
+
+def test_compare_experiments_side_by_side(analysed: Path, tmp_path: Path):
+    from vegtts.report import compare_experiments
+
+    make_figures(analysed / "tables", analysed / "figures")
+    exps = []
+    for name, seed in (("temp05", 7), ("temp10<b>", 8)):
+        d = tmp_path / name
+        samples, evals = synthetic_records(n_tasks=5, n_samples=8, seed=seed)
+        samples.to_parquet(tmp_path / f"{seed}_s.parquet")
+        evals.to_parquet(tmp_path / f"{seed}_e.parquet")
+        run_analysis([tmp_path / f"{seed}_s.parquet"], [tmp_path / f"{seed}_e.parquet"], {"bootstrap": 50}, {},
+                     d / "tables")
+        exps.append(d)
+    (exps[0] / "figures").mkdir()
+    (exps[0] / "figures" / "selection.png").write_bytes((analysed / "figures" / "selection.png").read_bytes())
+    exps.append(analysed)  # a third experiment with every figure and a hostile task id
+    text = compare_experiments(exps, tmp_path / "cmp.html").read_text()
+    assert "<td>temp05</td>" in text and "<td>temp10&lt;b&gt;</td>" in text  # the experiment column, escaped
+    assert "temp10<b>" not in text
+    assert text.count("data:image/png") >= 2 and "temp10&lt;b&gt;: no selection figure" in text
+    assert "Selection rules (primary variant)" in text and "<td>oracle</td>" in text
+    with pytest.raises(ValueError):
+        compare_experiments(exps[:1], tmp_path / "x.html")

@@ -383,3 +383,106 @@ def make_report(
     write_text(out_html, "\n".join(parts) + "\n")
     log.info("report: %s", out_html)
     return out_html
+
+
+COMPARE_TABLES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
+    ("signal", "Signal check", None),
+    ("selection", "Selection rules (primary variant)",
+     ("policy", "rule", "variant", "kind", "n_tasks", "success_rate", "success_lo", "success_hi", "diff_vs_random",
+      "diff_lo", "diff_hi", "geomean_speedup", "geomean_lo", "geomean_hi", "mean_n_evaluated", "mean_n_timed")),
+    ("comparisons", "Paired comparisons (primary variant)",
+     ("policy", "variant", "rule_a", "rule_b", "n_tasks", "diff", "diff_lo", "diff_hi", "cohens_h", "h_lo", "h_hi",
+      "a_wins", "b_wins", "sign_test_p_one_sided", "mcnemar_exact_p", "geomean_ratio", "wilcoxon_p_two_sided")),
+    ("correlations", "Surprisal vs speedup", None),
+    ("scaling_summary", "Best-of-N saturation", None),
+)
+
+
+def _experiment_tables(exp_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    read = {name: _read(exp_dir / "tables", name) for name in TABLE_FILES}
+    return {n: df for n, (df, _) in read.items()}, read["selection"][1]
+
+
+def _primary_only(df: pd.DataFrame, variant: str) -> pd.DataFrame:
+    return df[df["variant"].isin([variant, "-"])] if "variant" in df and not df.empty else df
+
+
+def compare_experiments(exp_dirs: list[Path], out_html: Path) -> Path:
+    """One HTML report with two or more experiments (results/<exp>/ with tables/ and figures/) side by side.
+
+    Key tables are stacked with an `experiment` column (the directory name), restricted to each
+    experiment's primary surprisal variant; figures of the same name sit next to each other.
+    """
+    exp_dirs = [Path(d) for d in exp_dirs]
+    if len(exp_dirs) < 2:
+        raise ValueError("compare needs at least two experiment directories")
+    names = [d.name for d in exp_dirs]
+    if len(set(names)) < len(names):  # same leaf name in different places: use the whole path
+        names = [str(d) for d in exp_dirs]
+    loaded = {name: _experiment_tables(d) for name, d in zip(names, exp_dirs)}
+    title = "vegtts comparison: " + " vs ".join(names)
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
+             f"<style>{CSS}.row{{display:flex;gap:.6em}}.row figure{{flex:1;min-width:0}}</style></head><body>",
+             f"<h1>{esc(title)}</h1>", "<h2>Summary</h2><ul>"]
+    variants: dict[str, str] = {}
+    for name, (tables, header) in loaded.items():
+        sel = tables["selection"]
+        if sel.empty:
+            parts.append(f"<li>{esc(name)}: no selection table.</li>")
+            continue
+        policy, variant = _primary(dict(header), sel)
+        variants[name] = variant
+        rules = primary_rules(sel, policy, variant, kinds=("main", "length_controlled", "tail", "control"))
+        rate = dict(zip(rules["rule"], rules["success_rate"]))
+        cont = rules[rules["rule"] != "oracle"].sort_values("success_rate", ascending=False, kind="mergesort")
+        best = cont.iloc[0] if len(cont) else None
+        text = (f"<b>{esc(name)}</b> (policy {esc(policy)}, variant {esc(variant)}, n = {int(rules['n_tasks'].max())} "
+                f"tasks): oracle {_pct(rate.get('oracle', math.nan))}, random {_pct(rate.get('random', math.nan))}, "
+                f"surprisal {_pct(rate.get('surprisal', math.nan))}, most-confident "
+                f"{_pct(rate.get('most_confident', math.nan))}")
+        if best is not None:
+            text += f"; best non-oracle rule {esc(_label(best['rule']))} {_pct(best['success_rate'])}"
+            if np.isfinite(best.get("success_lo", math.nan)):
+                text += f" (95% CI {_pct(best['success_lo'])} to {_pct(best['success_hi'])})"
+        parts.append(f"<li>{text}.</li>")
+    parts.append("</ul>")
+
+    parts.append("<h2>Figures</h2>")
+    fig_names = list(FIGURE_CAPTIONS)
+    for d in exp_dirs:
+        fig_dir = d / "figures"
+        if fig_dir.is_dir():
+            fig_names += [p.stem for p in sorted(fig_dir.glob("*.png")) if p.stem not in fig_names]
+    for fig in fig_names:
+        cells = []
+        for name, d in zip(names, exp_dirs):
+            png = d / "figures" / f"{fig}.png"
+            cells.append(f"<figure>{_embed_png(png)}<figcaption>{esc(name)}</figcaption></figure>" if png.exists()
+                         else f'<figure><p class="note">{esc(name)}: no {esc(fig)} figure</p></figure>')
+        parts.append(f"<h3>{esc(fig)}</h3><p class=\"note\">{esc(FIGURE_CAPTIONS.get(fig, ''))}</p>"
+                     f"<div class=\"row\">{''.join(cells)}</div>")
+
+    parts.append("<h2>Tables</h2>")
+    for table, heading, columns in COMPARE_TABLES:
+        frames = []
+        for name, (tables, _) in loaded.items():
+            df = tables.get(table, pd.DataFrame())
+            if df.empty:
+                continue
+            df = _primary_only(df, variants.get(name, "mean_code")) if table in ("selection", "comparisons", "correlations") else df
+            if columns:
+                df = df[[c for c in columns if c in df.columns]]
+            frames.append(df.assign(experiment=name)[["experiment", *df.columns]])
+        parts.append(f"<h3>{esc(heading)} <span class=\"note\">({esc(TABLE_FILES[table])})</span></h3>")
+        parts.append(html_table(pd.concat(frames, ignore_index=True)) if frames else '<p class="note">missing</p>')
+
+    parts.append("<h2>Definitions</h2><dl>")
+    for key, text in _definitions([]).items():
+        parts.append(f"<dt>{esc(key)}</dt><dd>{esc(text)}</dd>")
+    parts.append("</dl><h2>Experiments</h2><ul>")
+    for name, d in zip(names, exp_dirs):
+        parts.append(f"<li>{esc(name)}: {esc(d)}</li>")
+    parts.append("</ul></body></html>")
+    write_text(out_html, "\n".join(parts) + "\n")
+    log.info("comparison report: %s", out_html)
+    return Path(out_html)
