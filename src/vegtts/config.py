@@ -35,6 +35,49 @@ def fill_defaults(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, A
     return out
 
 
+def _types(node: dict[str, Any]) -> list[str]:
+    kind = node.get("type", [])
+    return kind if isinstance(kind, list) else [kind]
+
+
+def coerce_strings(value: Any, node: dict[str, Any]) -> Any:
+    """Turn numeric/boolean strings into numbers/booleans where the schema expects them.
+
+    Snakemake's `--config key={'k': 0}` delivers nested values as strings ('0').
+    """
+    if isinstance(value, dict):
+        props = node.get("properties", {})
+        return {k: coerce_strings(v, props.get(k, {})) for k, v in value.items()}
+    if isinstance(value, list):
+        items = node.get("items")
+        if items is None:
+            items = next((o.get("items") for o in node.get("oneOf", []) if o.get("type") == "array"), None)
+        if isinstance(items, dict):
+            return [coerce_strings(v, items) for v in value]
+        return value
+    if not isinstance(value, str):
+        return value
+    types = _types(node) + [t for o in node.get("oneOf", []) for t in _types(o)]
+    if "string" in types and not node.get("oneOf"):
+        return value
+    text = value.strip()
+    if "integer" in types:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    if "number" in types:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    if "boolean" in types and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "null" in types and text.lower() in ("null", "none", "~"):
+        return None
+    return value
+
+
 def _key_path(error: Any) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
@@ -88,7 +131,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
         config = {}
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a mapping of keys to values, got {type(config).__name__}")
-    filled = fill_defaults(config, schema)
+    filled = fill_defaults(coerce_strings(config, schema), schema)
     validator = Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(filled), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
