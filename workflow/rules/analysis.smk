@@ -6,6 +6,11 @@ ANALYSIS_TABLES = [
     "signal.csv",
     "comparisons.csv",
     "correlations.csv",
+    "surprisal_quartiles.csv",
+    "logprob_spread.csv",
+    "scaling_summary.csv",
+    "equivalent_k.csv",
+    "correct_samples.csv",
 ]
 
 

@@ -1,4 +1,4 @@
-FIGURES = ["scaling", "selection"]
+FIGURES = ["teaser", "scaling", "selection", "surprisal_quartiles", "length_speedup", "rule_wins"]
 
 
 rule figures:
