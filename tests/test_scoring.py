@@ -176,7 +176,7 @@ def test_run_scoring_needs_the_prompt_in_metadata(tmp_path):
 
 def test_peak_rss_sees_a_large_allocation_and_resets_between_blocks():
     with measure_peak_rss() as big:
-        x = torch.ones(64 * 2**20 // 4 * 4)  # 256 MiB, touched
+        x = torch.ones(64 * 2**20)  # 256 MiB, touched
         x += 1
         del x
     with measure_peak_rss() as small:
@@ -185,6 +185,19 @@ def test_peak_rss_sees_a_large_allocation_and_resets_between_blocks():
     assert big.delta_mb > 200, big
     if "reset" in big.method:  # the kernel's high-water mark was reset between the blocks
         assert small.delta_mb < 100, small
+
+
+def test_peak_rss_nests_an_inner_reset_does_not_hide_the_outer_peak():
+    with measure_peak_rss() as outer:
+        x = torch.ones(64 * 2**20)  # 256 MiB before the inner block
+        x += 1
+        del x
+        with measure_peak_rss() as inner:
+            y = torch.ones(1024)
+            del y
+    assert outer.delta_mb > 200, outer
+    if "reset" in inner.method:
+        assert inner.delta_mb < 100, inner
 
 
 # ---------------------------------------------------------------- the real model (slow)

@@ -254,3 +254,48 @@ def test_save_adapter_is_atomic_and_round_trips(tmp_path):
     s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
     assert all(torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"]) for k in s1)
     assert json.loads((target / "vegtts_ttt_state.json").read_text())["history"]["b"] == [1.5, 3.0]
+
+
+def _write_step_inputs(tmp_path, tag):
+    from vegtts.io import write_parquet
+
+    samples, ev, prompts = _batch()
+    sp, ep = [], []
+    for task in ("a", "b"):
+        s_path, e_path = tmp_path / f"{tag}-{task}-samples.parquet", tmp_path / f"{tag}-{task}-evals.parquet"
+        write_parquet(s_path, samples[samples["task_id"] == task], metadata={"prompt": prompts[task], "task_id": task})
+        write_parquet(e_path, ev[ev["task_id"] == task])
+        sp.append(s_path)
+        ep.append(e_path)
+    return sp, ep
+
+
+@pytest.mark.slow  # three TTT steps on the tiny model: ~80 s on a busy 2-core machine
+def test_run_ttt_update_chains_steps_and_is_deterministic(tmp_path):
+    from vegtts.ttt import run_ttt_update
+
+    sp, ep = _write_step_inputs(tmp_path, "s0")
+    settings = {"rank": 2, "alpha": 4, "target_modules": TARGETS, "learning_rate": 1e-2, "seed": 3, "micro_batch": 2}
+    tok = CharTokenizer()
+    one = run_ttt_update(sp, ep, "m", tmp_path / "step1", settings, model_and_tokenizer=(tiny_model(), tok))
+    again = run_ttt_update(sp, ep, "m", tmp_path / "step1-again", settings, model_and_tokenizer=(tiny_model(), tok))
+    from safetensors.torch import load_file
+
+    w1, w1b = load_file(one / "adapter_model.safetensors"), load_file(again / "adapter_model.safetensors")
+    assert w1.keys() == w1b.keys() and all(torch.equal(w1[k], w1b[k]) for k in w1)
+    assert any(float(w1[k].abs().max()) > 0 for k in w1 if "lora_B" in k)  # the step moved B away from 0
+    st1 = load_ttt_state(one)
+    assert st1["step"] == 1 and st1["history"] == {"a": [2.0, 1.0, 4.0, 0.5], "b": [1.5, 3.0]}
+    assert st1["stats"]["n_train_tokens"] > 0 and "wall_seconds" in st1["stats"]
+    # step 2 continues the adapter, its AdamW moments and the reward history
+    two = run_ttt_update(sp, ep, "m", tmp_path / "step2", settings, previous_adapter=one, step=2,
+                         model_and_tokenizer=(tiny_model(), tok))
+    st2 = load_ttt_state(two)
+    assert st2["step"] == 2 and st2["history"]["a"] == [2.0, 1.0, 4.0, 0.5, 2.0, 1.0, 4.0, 0.5]
+    w2 = load_file(two / "adapter_model.safetensors")
+    assert not all(torch.equal(w1[k], w2[k]) for k in w1)
+    with pytest.raises(ValueError, match="previous adapter"):
+        run_ttt_update(sp, ep, "m", tmp_path / "x", settings, step=2, model_and_tokenizer=(tiny_model(), tok))
+    with pytest.raises(ValueError, match="rank"):
+        run_ttt_update(sp, ep, "m", tmp_path / "x", {**settings, "rank": 4}, previous_adapter=one, step=2,
+                       model_and_tokenizer=(tiny_model(), tok))

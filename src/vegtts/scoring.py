@@ -247,29 +247,37 @@ class PeakMemory:
     start_mb: float = float("nan")
     peak_mb: float = float("nan")
     method: str = ""
+    _carried_kb: int = 0  # high-water marks of inner blocks that reset the kernel's counter
 
     @property
     def delta_mb(self) -> float:
         return self.peak_mb - self.start_mb
 
 
+_ACTIVE: list[PeakMemory] = []  # open measure_peak_rss blocks (outermost first)
+
+
 @contextmanager
 def measure_peak_rss(poll_seconds: float = 0.005) -> Iterator[PeakMemory]:
-    """Measure the peak RSS of the process during the block.
+    """Measure the peak RSS of the process during the block; blocks may nest.
 
     Linux: the kernel's high-water mark (VmHWM), reset at entry by writing 5 to
-    /proc/self/clear_refs, so consecutive blocks are measured independently in one process.
-    Where that reset is not allowed, a thread polls VmRSS (may miss very short spikes); without
-    /proc at all, getrusage's lifetime maximum (not resettable: an upper bound).
+    /proc/self/clear_refs, so consecutive blocks are measured independently in one process
+    (before resetting, an inner block hands the mark so far to the enclosing blocks).  Where
+    that reset is not allowed, a thread polls VmRSS (may miss very short spikes); without /proc
+    at all, getrusage's lifetime maximum (not resettable: an upper bound).
     """
     result = PeakMemory()
     start_kb = _read_status_kb("VmRSS")
     reset = False
     if start_kb is not None:
+        hwm = _read_status_kb("VmHWM") or 0
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
             reset = True
+            for outer in _ACTIVE:
+                outer._carried_kb = max(outer._carried_kb, hwm)
         except OSError:
             reset = False
     stop = threading.Event()
@@ -285,14 +293,19 @@ def measure_peak_rss(poll_seconds: float = 0.005) -> Iterator[PeakMemory]:
     if start_kb is not None and not reset:
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
+    _ACTIVE.append(result)
     try:
         yield result
     finally:
+        _ACTIVE.remove(result)
         stop.set()
         if poller is not None:
             poller.join()
         if reset:
-            result.peak_mb, result.method = (_read_status_kb("VmHWM") or 0) / 1024, "VmHWM (reset via clear_refs)"
+            peak_kb = max(_read_status_kb("VmHWM") or 0, result._carried_kb)
+            result.peak_mb, result.method = peak_kb / 1024, "VmHWM (reset via clear_refs)"
+            for outer in _ACTIVE:
+                outer._carried_kb = max(outer._carried_kb, peak_kb)
         elif start_kb is not None:
             result.peak_mb, result.method = polled[0] / 1024, "VmRSS polled"
         else:  # pragma: no cover - non-Linux

@@ -412,3 +412,97 @@ def load_optimizer_state(optimizer: Any, adapter_dir: str | os.PathLike) -> bool
 def load_ttt_state(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     f = Path(adapter_dir) / TTT_STATE_FILE
     return json.loads(f.read_text()) if f.exists() else {}
+
+
+# ---------------------------------------------------------------- one update from files (for the CLI)
+
+
+def prompts_from_sample_parquets(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """task_id -> the exact prompt text, from the sample parquets' metadata."""
+    from vegtts.io import read_parquet_metadata
+
+    prompts: dict[str, str] = {}
+    for p in paths:
+        meta = read_parquet_metadata(p)
+        tasks = set(pd.read_parquet(p, columns=["task_id"])["task_id"]) or {meta.get("task_id")}
+        if "prompt" not in meta:
+            raise ValueError(f"{p}: no 'prompt' in the parquet metadata")
+        for t in tasks:
+            if t in prompts and prompts[t] != meta["prompt"]:
+                raise ValueError(f"task {t!r} has two different prompts in {list(map(str, paths))}")
+            prompts[str(t)] = meta["prompt"]
+    return prompts
+
+
+def _check_adapter_matches(model: Any, s: TTTSettings, adapter_dir: str | os.PathLike) -> None:
+    cfg = model.peft_config["default"]
+    have = (int(cfg.r), float(cfg.lora_alpha), sorted(cfg.target_modules))
+    want = (s.rank, float(s.alpha), sorted(s.target_modules))
+    if have != want:
+        raise ValueError(f"{adapter_dir}: adapter has (rank, alpha, targets) {have}, settings ask for {want}")
+
+
+def run_ttt_update(
+    sample_parquets: Sequence[str | os.PathLike],
+    eval_parquets: Sequence[str | os.PathLike],
+    model_path: str | os.PathLike,
+    out_adapter: str | os.PathLike,
+    settings: TTTSettings | Mapping[str, Any],
+    previous_adapter: str | os.PathLike | None = None,
+    step: int = 1,
+    model_and_tokenizer: tuple[Any, Any] | None = None,
+) -> Path:
+    """TTT step `step` of one seed: update on the evaluated samples of step-1, save the adapter.
+
+    `sample_parquets`/`eval_parquets`: the samples drawn at step-1 (from the base policy when
+    step == 1, else from `previous_adapter`) and their evaluations; the prompts come from the
+    sample parquets' metadata.  Step 1 starts a fresh LoRA (init seeded by settings.seed);
+    later steps continue `previous_adapter` with its AdamW moments and reward history.
+    Writes `out_adapter` atomically: the peft adapter, optimizer.pt and vegtts_ttt_state.json
+    (step, settings, stats incl. tokens / wall time / peak RSS for compute accounting, the
+    reward history, inputs, provenance).  `model_and_tokenizer`: an already loaded base model
+    (it is wrapped in place by peft).
+    """
+    import torch
+
+    from vegtts.io import provenance
+    from vegtts.models import load_model_and_tokenizer
+
+    s = _settings(settings)
+    if step < 1:
+        raise ValueError("ttt step numbers start at 1 (step 0 is the base policy)")
+    if (previous_adapter is None) != (step == 1):
+        raise ValueError("step 1 starts from the base model (no previous adapter); later steps need one")
+    samples = pd.concat([pd.read_parquet(p) for p in sample_parquets], ignore_index=True)
+    evals = pd.concat([pd.read_parquet(p) for p in eval_parquets], ignore_index=True)
+    prompts = prompts_from_sample_parquets(sample_parquets)
+    model, tokenizer = model_and_tokenizer or load_model_and_tokenizer(model_path)
+    torch.manual_seed(s.seed)
+    if previous_adapter is None:
+        lora = make_lora_model(model, s.rank, s.alpha, s.target_modules, s.seed, s.lora_dropout)
+        history: dict[str, list[float]] = {}
+        optimizer = make_optimizer(lora, s)
+    else:
+        lora = load_lora_model(model, previous_adapter)
+        _check_adapter_matches(lora, s, previous_adapter)
+        prev_state = load_ttt_state(previous_adapter)
+        if prev_state.get("step") not in (None, step - 1):
+            raise ValueError(f"{previous_adapter} is step {prev_state.get('step')}, expected {step - 1}")
+        history = prev_state.get("history", {})
+        optimizer = make_optimizer(lora, s)
+        if not load_optimizer_state(optimizer, previous_adapter):
+            log.warning("%s has no optimizer state: AdamW moments restart from zero", previous_adapter)
+    stats = ttt_step(lora, tokenizer, prompts, samples, evals, s, optimizer=optimizer, history=history)
+    new_history = stats.pop("history")
+    state = {
+        "step": int(step),
+        "settings": s.to_dict(),
+        "stats": stats,
+        "history": new_history,
+        "previous_adapter": str(previous_adapter) if previous_adapter else None,
+        "model_path": str(model_path),
+        "sample_parquets": [str(p) for p in sample_parquets],
+        "eval_parquets": [str(p) for p in eval_parquets],
+        "provenance": provenance(),
+    }
+    return save_adapter(lora, out_adapter, optimizer=optimizer, state=state)
