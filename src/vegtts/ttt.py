@@ -305,36 +305,38 @@ def ttt_step(
     opt = optimizer if optimizer is not None else make_optimizer(model_with_lora, s)
     lm = causal_lm(model_with_lora)
     lm.train()
-    opt.zero_grad(set_to_none=True)
-    device = params[0].device
-    loss_total, n_train_tokens, n_prompt_tokens, n_forward = 0.0, 0, 0, 0
-    work = [i for i in range(len(rows)) if rows[i] and adv[i] != 0.0]
-    with torch.random.fork_rng(devices=[]), measure_peak_rss() as mem:
-        torch.manual_seed(s.seed)  # only LoRA dropout draws random numbers
-        bar = tqdm(total=len(work), desc="ttt step", unit="sample", disable=not progress)
-        for task_id, idx in batch.loc[work].groupby("task_id", sort=True).groups.items():
-            idx = sorted(idx, key=lambda i: -len(rows[i]))  # longest first: less padding
-            state = run_prompt(model_with_lora, encode_prompt_ids(tokenizer, prompts_by_task[task_id], device),
-                               track_grad=not s.detach_prompt)
-            n_prompt_tokens += state.n_prompt_tokens
-            for start in range(0, len(idx), s.micro_batch):
-                mb = idx[start : start + s.micro_batch]
-                lp, mask = completion_logprobs(model_with_lora, state, [rows[i] for i in mb], s.logit_chunk)
-                loss = policy_gradient_loss(lp, adv[mb], mask, normalizer=n_tokens_total)
-                if loss.requires_grad:  # False only when nothing in it depends on LoRA (detached, 1-token rows)
-                    loss.backward()
-                loss_total += float(loss.detach())
-                n_train_tokens += int(mask.sum())
-                n_forward += len(mb)
-                bar.update(len(mb))
-            if not s.detach_prompt:
-                backward_through_prompt(state)
-            del state
-        bar.close()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm else math.inf))
-        opt.step()
+    try:
         opt.zero_grad(set_to_none=True)
-    lm.eval()
+        device = params[0].device
+        loss_total, n_train_tokens, n_prompt_tokens, n_forward = 0.0, 0, 0, 0
+        work = [i for i in range(len(rows)) if rows[i] and adv[i] != 0.0]
+        with torch.random.fork_rng(devices=[]), measure_peak_rss() as mem:
+            torch.manual_seed(s.seed)  # only LoRA dropout draws random numbers
+            bar = tqdm(total=len(work), desc="ttt step", unit="sample", disable=not progress)
+            for task_id, idx in batch.loc[work].groupby("task_id", sort=True).groups.items():
+                idx = sorted(idx, key=lambda i: -len(rows[i]))  # longest first: less padding
+                state = run_prompt(model_with_lora, encode_prompt_ids(tokenizer, prompts_by_task[task_id], device),
+                                   track_grad=not s.detach_prompt)
+                n_prompt_tokens += state.n_prompt_tokens
+                for start in range(0, len(idx), s.micro_batch):
+                    mb = idx[start : start + s.micro_batch]
+                    lp, mask = completion_logprobs(model_with_lora, state, [rows[i] for i in mb], s.logit_chunk)
+                    loss = policy_gradient_loss(lp, adv[mb], mask, normalizer=n_tokens_total)
+                    if loss.requires_grad:  # False only when nothing in it depends on LoRA (detached, 1-token rows)
+                        loss.backward()
+                    loss_total += float(loss.detach())
+                    n_train_tokens += int(mask.sum())
+                    n_forward += len(mb)
+                    bar.update(len(mb))
+                if not s.detach_prompt:
+                    backward_through_prompt(state)
+                del state
+            bar.close()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm else math.inf))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    finally:
+        lm.eval()
     seconds = time.perf_counter() - t0
     stats = {
         "objective": s.objective,
