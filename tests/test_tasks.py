@@ -323,7 +323,13 @@ def test_validate_suite_keys_by_task_id():
 
 @pytest.mark.parametrize("task_id", BUILTIN_IDS)
 def test_builtin_problem_passes_validation(task_id):
-    assert validate_task(SPECS[task_id]) == []
+    findings = validate_task(SPECS[task_id])
+    # Timing is the one check a load spike on a shared machine can trip: retry that alone.
+    for _ in range(2):
+        if not findings or not all(f.startswith("timing:") for f in findings):
+            break
+        findings = validate_task(SPECS[task_id])
+    assert findings == []
 
 
 # ---------------------------------------------------------------- hand-written solutions

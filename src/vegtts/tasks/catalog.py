@@ -31,23 +31,26 @@ DEFAULT_RTOL = 1e-4
 KERNELBENCH_ATOL = 1e-2
 KERNELBENCH_RTOL = 1e-2
 
-# Builtin problems the default experiment uses: one- or two-line naive references where copying
-# the line is correct (but not faster) and a well-known one-call idiom is >= 1.5x faster on one
-# CPU thread, so a small model produces both correct-slow and correct-fast samples.  Ordered
-# roughly from easiest (shortest reference, most common idiom) to hardest.
+# Builtin problems the default experiment uses: one-line naive references where copying the line
+# is correct (but not faster) and a shorter or one-call rewrite is >= 1.5x faster on one CPU
+# thread, so a small model produces both correct-slow and correct-fast samples.  Probed with
+# Gemma 3 270M base (5-shot body prompt, temperature 0.5, 8-12 samples): it copies short lines
+# (relu_where: 6/12 exact copies) but mangles long ones (clamp_minmax: 0/8) and drops factors
+# (silu_mul: "return torch.sigmoid(x)"), so the "redundant" problems, where dropping a wasted
+# op is correct and faster, come first.  Easiest first.
 DEFAULT_TASK_IDS: list[str] = [
     "relu_where",
-    "sigmoid_exp",
+    "relu_twice",
+    "abs_neg",
+    "sqrt_square",
+    "sigmoid_clone",
     "abs_where",
     "leaky_relu_where",
-    "silu_mul",
-    "clamp_minmax",
-    "elu_where",
+    "sigmoid_exp",
     "softmax_exp",
     "log_softmax_log",
     "gelu_erf",
-    "tanh_exp",
-    "pairwise_dist",
+    "elu_where",
 ]
 
 _ID_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")

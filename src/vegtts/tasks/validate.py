@@ -17,8 +17,9 @@ Checks (in order):
                      answer would be (nearly) within tolerance
   ignored_input      perturbing one tensor input alone leaves the output within tolerance
                      (floats get Gaussian noise of the input's own scale, other dtypes a roll)
-  timing             median reference forward time outside TIMING_RANGE_MS (a warning:
-                     too fast to time reliably, or too slow for the evaluation budget)
+  timing             fastest of TIMING_REPEATS reference forwards outside TIMING_RANGE_MS
+                     (too fast to time reliably, or too slow for the evaluation budget); the
+                     minimum, not the median, so that a loaded machine does not trigger it
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 TINY_OUTPUT_FACTOR = 10.0
 TIMING_RANGE_MS = (1.0, 200.0)
-TIMING_REPEATS = 5
+TIMING_REPEATS = 7
 PERTURB_SEED = 12345
 INIT_SEED = 0
 
@@ -108,15 +109,14 @@ def _perturbed(value: Any, generator: Any) -> Any | None:
     return None if torch.equal(rolled, value) else rolled
 
 
-def _median_ms(fn: Any, repeats: int) -> float:
+def _fastest_ms(fn: Any, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+    return min(times)
 
 
 def _check(spec: TaskSpec, seeds: Sequence[int]) -> list[str]:
@@ -181,7 +181,7 @@ def _check(spec: TaskSpec, seeds: Sequence[int]) -> list[str]:
                 name = spec.forward_args[i] if i < len(spec.forward_args) else f"#{i}"
                 findings.append(f"ignored_input: changing input {name!r} alone leaves the output unchanged")
 
-        ms = _median_ms(lambda: model(*seed0_inputs), TIMING_REPEATS)
+        ms = _fastest_ms(lambda: model(*seed0_inputs), TIMING_REPEATS)
     lo, hi = TIMING_RANGE_MS
     if not lo <= ms <= hi:
         findings.append(f"timing: reference forward takes {ms:.2f} ms, outside [{lo:g}, {hi:g}] ms")

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 TAGS = ["naive-short", "elementwise", "headroom"]
 
-BATCH = 2048
+BATCH = 1024
 DIM = 2048
 
 

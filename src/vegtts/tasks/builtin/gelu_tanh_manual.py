@@ -10,7 +10,7 @@ import torch.nn as nn
 
 TAGS = ["multi-op", "elementwise", "headroom"]
 
-BATCH = 2048
+BATCH = 1024
 DIM = 2048
 
 

@@ -12,7 +12,7 @@ TAGS = ["multi-op", "reduction", "headroom"]
 ATOL = 1e-3
 RTOL = 1e-4
 
-BATCH = 2048
+BATCH = 1024
 DIM = 2048
 
 

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 TAGS = ["multi-op", "reduction", "headroom"]
 
-BATCH = 2048
+BATCH = 1024
 DIM = 2048
 
 

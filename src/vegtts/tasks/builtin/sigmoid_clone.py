@@ -1,0 +1,28 @@
+"""Sigmoid of a defensive copy
+
+The sigmoid is out of place already, so cloning the input first only copies memory.
+"""
+
+import torch
+import torch.nn as nn
+
+TAGS = ["naive-short", "redundant", "headroom"]
+
+BATCH = 2048
+DIM = 2048
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x.clone())
+
+
+def get_inputs():
+    return [torch.randn(BATCH, DIM)]
+
+
+def get_init_inputs():
+    return []

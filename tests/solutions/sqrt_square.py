@@ -1,0 +1,9 @@
+# Hand-written faster solution for builtin task "sqrt_square".
+# Convention: this file is appended to the reference source, so `Model` is in scope.
+import torch
+import torch.nn.functional as F
+
+
+class ModelNew(Model):
+    def forward(self, x):
+        return torch.abs(x)
