@@ -91,7 +91,10 @@ def run_one(problem: str, body: str, settings: EvalSettings = FAST, **kw):
 
 
 def sandbox_processes() -> list[int]:
-    """Live processes that run under a sandbox uid (the evaluator's children use uids >= 1e9)."""
+    """Live sandboxed processes (uids >= 1e9) other than the task's kept reference child."""
+    from vegtts.evaluate.runner import reference_child_pids
+
+    keep = reference_child_pids()
     pids = []
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
@@ -100,7 +103,7 @@ def sandbox_processes() -> list[int]:
             continue
         uid = int(re.search(r"^Uid:\s+(\d+)", text, re.M).group(1))
         state = re.search(r"^State:\s+(\w)", text, re.M).group(1)
-        if uid >= 1_000_000_000 and state != "Z":
+        if uid >= 1_000_000_000 and state != "Z" and int(status.parent.name) not in keep:
             pids.append(int(status.parent.name))
     return pids
 
@@ -190,13 +193,28 @@ def test_faster_rewrite_has_an_interval_above_one():
     assert rec.speedup_lo > 1.0, (rec.speedup, rec.speedup_lo, rec.speedup_hi)
 
 
-def test_excessive_speedup_is_retimed_and_flagged():
-    settings = EvalSettings(**{**FAST.to_dict(), "excessive_speedup": 1.5})
+def test_excessive_speedup_is_retimed_in_fresh_children_and_flagged(monkeypatch):
+    from vegtts.evaluate import runner
+    from vegtts.evaluate.stats import TimingStats
+
+    real = runner.time_candidate
+    calls = []
+
+    def first_reports_50x(ctx, ref, cand):  # the first timing claims 50x; the re-timing is real
+        calls.append((ref.pid, cand.pid))
+        verdict = real(ctx, ref, cand)
+        if len(calls) == 1 and verdict.status == "ok":
+            verdict.timing = TimingStats(50.0, 1.0, 0.0, 0.0, 50.0, 40.0, 60.0, 5)
+        return verdict
+
+    monkeypatch.setattr(runner, "time_candidate", first_reports_50x)
     launcher = CountingLauncher()
-    rec = run_one("softmax", "class ModelNew(Model):\n    def forward(self, x):\n        return torch.softmax(x, dim=-1)", settings, launcher=launcher)
+    rec = run_one("scale", HONEST, launcher=launcher)
     assert rec.status == "ok", rec.error
-    assert rec.speedup > 1.5 and "excessive_speedup_retimed" in rec.flags.split(",")
-    assert launcher.launches == 5  # correctness child + two timing pairs
+    assert len(calls) == 2 and calls[0][0] != calls[1][0] and calls[0][1] != calls[1][1]
+    assert rec.flags.split(",")[0] == "excessive_speedup_retimed"
+    assert rec.speedup < 10  # the verdict is the re-timed one (honest: near 1)
+    assert launcher.launches == 4  # candidate child, reference child, a fresh pair to re-time
 
 
 def test_slow_correct_candidate_times_out_not_the_reference():
@@ -268,8 +286,8 @@ class CountingLauncher:
         self.launches += 1
         return self.inner.launch(config)
 
-    def finish(self, pid):
-        return self.inner.finish(pid)
+    def finish(self, pid, wait=True):
+        return self.inner.finish(pid, wait)
 
     def close(self):
         pass
@@ -279,7 +297,7 @@ def test_identical_programs_are_evaluated_once():
     prog = program("scale", HONEST)
     launcher = CountingLauncher()
     recs = evaluate_task(spec_of("scale"), [("a", prog), ("b", prog), ("c", prog), ("", "")], FAST, launcher=launcher)
-    assert launcher.launches == 3  # one correctness child, one reference and one candidate timing child
+    assert launcher.launches == 2  # one candidate child (correctness + timing), one reference child
     assert [r.status for r in recs] == ["ok", "ok", "ok", "no_code"]
     assert [r.code_sha256 for r in recs[:3]] == ["a", "b", "c"]
     assert recs[0].speedup == recs[1].speedup == recs[2].speedup

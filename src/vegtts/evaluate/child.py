@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from vegtts.evaluate.pool import receive_batch
 from vegtts.evaluate.protocol import recv_message, send_json, send_message, tune_socket
 
 _OOM_MARKERS = ("can't allocate memory", "not enough memory", "out of memory", "bad_alloc", "cannot allocate memory")
@@ -193,10 +194,13 @@ def _build(state: ChildState, msg: dict[str, Any]) -> None:
     state.model = model
 
 
-def _forward(state: ChildState, inputs: list[Any]) -> Any:
+def _forward(state: ChildState, inputs: list[Any], guards: tuple[Any, ...] | None = None) -> Any:
     with torch.no_grad():
         output = state.model(*inputs)
-    run_guards(state, inputs, output)
+    for guard in guards if guards is not None else CHILD_GUARDS:
+        reason = guard(state, inputs, output)
+        if reason:
+            raise GuardViolation(reason.split(":", 1)[0], reason)
     return output
 
 
@@ -204,7 +208,16 @@ def _forward(state: ChildState, inputs: list[Any]) -> Any:
 
 
 def child_main(sock: socket.socket) -> None:
-    """Serve one parent until it says bye or closes the socket."""
+    """Serve one parent until it says bye or closes the socket.
+
+    The harness functions are bound to locals here, before any candidate code runs, so a
+    candidate that reassigns this module's attributes changes nothing the loop calls.
+    """
+    recv_message, send_json, send_message = _recv_message, _send_json, _send_message
+    _build, _forward, aliasing, sample_output, receive_batch, _failure = (
+        _build_, _forward_, _aliasing, _sample_output, _receive_batch, _failure_
+    )
+    guards = tuple(CHILD_GUARDS)
     tune_socket(sock)
     state = ChildState(baseline_threads=threading.active_count())
     filename = "<candidate>"
@@ -231,7 +244,7 @@ def child_main(sock: socket.socket) -> None:
         elif op == "forward":  # one correctness trial: output, inputs after the call, aliasing
             inputs = msg["inputs"]
             try:
-                output = _forward(state, inputs)
+                output = _forward(state, inputs, guards)
                 flags = aliasing(inputs, output, state.previous_storages)
                 state.previous_storages.extend(t.untyped_storage().data_ptr() for t in _tensors(output))
                 state.kept_outputs.append(output)
@@ -242,11 +255,19 @@ def child_main(sock: socket.socket) -> None:
             state.batch = list(msg["batch"])
             state.last_output = None
             send_json(sock, {"ok": True})
+        elif op == "load_pool":  # round inputs as views into the pool (no copy, outside the clock)
+            try:
+                state.batch = []
+                state.batch = receive_batch(sock, msg["calls"])
+                state.last_output = None
+                send_json(sock, {"ok": True})
+            except BaseException as exc:  # noqa: BLE001
+                send_json(sock, _failure(exc, "runtime_error", filename))
         elif op == "run":  # the timed batch; the parent's clock runs from request to this reply
             try:
                 output = None
                 for inputs in state.batch:
-                    output = _forward(state, inputs)
+                    output = _forward(state, inputs, guards)
                 state.last_output = output
                 send_json(sock, {"ok": True})
             except BaseException as exc:  # noqa: BLE001
@@ -262,11 +283,12 @@ def child_main(sock: socket.socket) -> None:
 
 def spawn_main(fd: int) -> None:
     """Entry point of a fresh interpreter per child (the slow baseline the fork server replaces)."""
-    from vegtts.evaluate.server import setup_child_process
+    from vegtts.evaluate.server import isolate_network, setup_child_process
 
     import json
     import os
 
+    isolate_network()
     config = json.loads(os.environ["VEGTTS_CHILD_CONFIG"])
     setup_child_process(config)
     sock = socket.socket(fileno=fd)
@@ -275,3 +297,8 @@ def spawn_main(fd: int) -> None:
     finally:
         sys.stdout.flush()
         os._exit(0)
+
+
+# originals, bound by child_main before candidate code can reassign the module attributes
+_recv_message, _send_json, _send_message = recv_message, send_json, send_message
+_build_, _forward_, _aliasing, _sample_output, _receive_batch, _failure_ = _build, _forward, aliasing, sample_output, receive_batch, _failure

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import atexit
 import contextlib
+import threading
 import copy
 import fcntl
 import hashlib
@@ -26,6 +28,7 @@ from vegtts.evaluate.child import aliasing
 from vegtts.evaluate.compare import Comparison, compare_outputs, same_values
 from vegtts.evaluate.guards import parent_check, static_check
 from vegtts.evaluate.server import Launcher, shared_fork_server
+from vegtts.evaluate.pool import InputPool
 from vegtts.evaluate.protocol import Encoded
 from vegtts.evaluate.session import ChildFailure, ChildSession, encode_request
 from vegtts.evaluate.settings import EvalSettings
@@ -37,7 +40,10 @@ log = logging.getLogger(__name__)
 
 TIMING_LOCK_PATH = Path(os.environ.get("VEGTTS_TIMING_LOCK", "/tmp/vegtts-timing-cpu.lock"))
 _PAYLOAD_CACHE_BYTES = 512 << 20  # keep encoded timing batches of a task in memory up to this size
-TIMED_CHECK_ELEMENTS = 65536  # elements per output tensor compared after every timed batch
+POOL_MAX_BYTES = 1 << 30  # timing inputs of a task (both sides) in shared memory up to this size
+UNTIMED_FLOOR_NS = 2_000_000  # hidden work below this per round is not told apart from noise (shared machine)
+UNTIMED_SHARE = 0.25  # ... nor below this share of the reference's batch time
+TIMED_CHECK_ELEMENTS = 16384  # elements per output tensor compared after every timed batch
 
 
 class ReferenceError_(RuntimeError):
@@ -121,6 +127,42 @@ class ReferenceContext:
     trials: list[Trial]
     _timing_payloads: dict[int, Encoded] = field(default_factory=dict)
     _payload_bytes: int = 0
+    pool: InputPool | None = None
+    _check_payloads: dict[int, Encoded] = field(default_factory=dict)
+    _ref_child: ChildSession | None = None
+    _ref_launcher: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reference_child(self, launcher: Launcher) -> ChildSession:
+        """The task's reference timing child: set up once and reused for every candidate.
+
+        It only ever runs the trusted task source, so reuse cannot leak candidate state; it is
+        replaced when it died or the launcher changed.
+        """
+        with self._lock:
+            child = self._ref_child
+            if child is not None and child.alive() and self._ref_launcher is launcher:
+                return child
+            if child is not None:
+                child.close()
+            timing_cpus, _ = cpu_split(self.settings.threads)
+            child = _session(launcher, self.settings, timing_cpus, 2 * self.settings.timeout_s + 30, extra_mb=self.extra_mb())
+            try:
+                _on_ref(self.spec, child.request, self.setup_request("ref", self.spec.source))
+            except BaseException:
+                child.close()
+                raise
+            self._ref_child, self._ref_launcher = child, launcher
+            return child
+
+    def close(self) -> None:
+        with self._lock:
+            if self._ref_child is not None:
+                self._ref_child.close()
+                self._ref_child = None
+            if self.pool is not None:
+                self.pool.close()
+                self.pool = None
 
     @classmethod
     def build(cls, spec: TaskSpec, settings: EvalSettings) -> "ReferenceContext":
@@ -133,6 +175,7 @@ class ReferenceContext:
             model = namespace["Model"](*init_inputs)
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             trials, previous = [], []
+            mutates = False
             for t in range(settings.correctness_trials):
                 inputs = make_inputs(namespace, derive_seed(settings.seed, "correctness", t))
                 working = _clone(inputs)
@@ -140,12 +183,50 @@ class ReferenceContext:
                     output = model(*working)
                 except Exception as exc:
                     raise ReferenceError_(f"task {spec.task_id}: the reference forward fails: {exc}") from exc
+                mutates = mutates or not same_values(working, inputs)
                 flags = aliasing(working, output, previous)
                 previous.extend(t_.untyped_storage().data_ptr() for t_ in _flat_tensors(output))
                 output = _clone(output)
                 payload = encode_request({"op": "forward", "inputs": inputs})
                 trials.append(Trial(inputs, output, flags, payload))
-        return cls(spec, settings, namespace, init_inputs, init_seed, state, trials)
+        ctx = cls(spec, settings, namespace, init_inputs, init_seed, state, trials)
+        if not mutates:  # pooled inputs are read-only pages; a mutating reference gets socket copies
+            ctx.pool = ctx._build_pool()
+        return ctx
+
+    def _timing_batch(self, round_idx: int) -> list[list[Any]]:
+        n = self.settings.warmup_calls if round_idx < 0 else self.settings.calls_per_round
+        return [make_inputs(self.namespace, derive_seed(self.settings.seed, "timing", round_idx, c)) for c in range(n)]
+
+    def _build_pool(self) -> InputPool | None:
+        rounds = ([-1] if self.settings.warmup_calls > 0 else []) + list(range(self.settings.timing_rounds))
+        first = self._timing_batch(rounds[0])
+        per_call = sum(t.numel() * t.element_size() for call in first for t in _flat_tensors(call)) / max(1, len(first))
+        calls = self.settings.warmup_calls + self.settings.timing_rounds * self.settings.calls_per_round
+        if 2 * per_call * calls > POOL_MAX_BYTES:
+            log.info("task %s: timing inputs too large for the shared pool; sending them per round", self.spec.task_id)
+            return None
+        try:
+            return InputPool.build({r: (first if r == rounds[0] else self._timing_batch(r)) for r in rounds})
+        except (TypeError, OSError, AttributeError) as exc:
+            log.info("task %s: timing inputs not pooled (%s); sending them per round", self.spec.task_id, exc)
+            return None
+
+    def load(self, child: ChildSession, side: int, round_idx: int) -> int:
+        """Give `child` the inputs of a timed round (-1 = warm-up); returns the round trip in ns."""
+        if self.pool is not None:
+            return child.timed_request(self.pool.load_request(round_idx), self.pool.fd_sender(side, round_idx))[1]
+        return child.timed_request(self.batch_request(round_idx))[1]
+
+    def extra_mb(self) -> int:
+        """Address space a timing child needs for mapped inputs (two rounds at a time)."""
+        return 0 if self.pool is None else 2 * (self.pool.round_bytes >> 20) + 2
+
+    def check_request(self, round_idx: int) -> Encoded:
+        """The `last` request of a round (element positions to return), encoded once per task."""
+        if round_idx not in self._check_payloads:
+            self._check_payloads[round_idx] = encode_request({"op": "last", "indices": self.output_indices(round_idx)})
+        return self._check_payloads[round_idx]
 
     def output_indices(self, round_idx: int) -> list[torch.Tensor | None]:
         """Random element positions per output tensor for a timed batch, drawn after the batch ran."""
@@ -173,9 +254,7 @@ class ReferenceContext:
         """Inputs of one timed batch (round -1 = warm-up), fresh per call, identical for both sides."""
         if round_idx in self._timing_payloads:
             return self._timing_payloads[round_idx]
-        n = self.settings.warmup_calls if round_idx < 0 else self.settings.calls_per_round
-        batch = [make_inputs(self.namespace, derive_seed(self.settings.seed, "timing", round_idx, c)) for c in range(n)]
-        payload = encode_request({"op": "load", "batch": batch})
+        payload = encode_request({"op": "load", "batch": self._timing_batch(round_idx)})
         if self._payload_bytes + payload.nbytes <= _PAYLOAD_CACHE_BYTES:
             self._timing_payloads[round_idx] = payload
             self._payload_bytes += payload.nbytes
@@ -206,103 +285,195 @@ class Verdict:
 
 
 def _session(
-    launcher: Launcher, settings: EvalSettings, affinity: list[int] | None = None, timeout_s: float | None = None
+    launcher: Launcher,
+    settings: EvalSettings,
+    affinity: list[int] | None = None,
+    timeout_s: float | None = None,
+    phases: int = 1,
+    extra_mb: int = 0,
 ) -> ChildSession:
+    """A fresh child; `phases` sessions' worth of CPU time (one child serves correctness and timing)."""
+    timeout_s = timeout_s or settings.timeout_s
     return ChildSession(
         launcher,
         threads=settings.threads,
-        memory_limit_mb=settings.memory_limit_mb,
-        timeout_s=timeout_s or settings.timeout_s,
+        memory_limit_mb=settings.memory_limit_mb + extra_mb,
+        timeout_s=timeout_s,
         affinity=affinity,
+        cpu_timeout_s=timeout_s * phases,
     )
 
 
-def check_correctness(ctx: ReferenceContext, program: str, launcher: Launcher) -> Verdict:
-    """All correctness trials in one fresh child; the parent compares."""
+def check_correctness(ctx: ReferenceContext, child: ChildSession, program: str) -> Verdict:
+    """Setup and every correctness trial in `child`; the parent compares.  Leaves `child` set up."""
     spec = ctx.spec
     cmp = Comparison(True)
     try:
-        with _session(launcher, ctx.settings) as child:
-            child.request(ctx.setup_request("cand", program))
-            for t, trial in enumerate(ctx.trials):
-                reply = child.request(trial.payload)
-                if not same_values(trial.inputs, reply.get("inputs")):
-                    return Verdict("incorrect", f"trial {t}: forward modified its inputs", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
-                trial_cmp = compare_outputs(trial.output, reply.get("output"), spec.atol, spec.rtol)
-                cmp = cmp.merge(trial_cmp)
-                if not trial_cmp.ok:
-                    return Verdict("incorrect", f"trial {t}: {trial_cmp.error}", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
-                reason = parent_check(trial.flags, reply)
-                if reason:
-                    return Verdict("rejected", reason, reason.split(":", 1)[0], cmp.max_abs_err, cmp.max_rel_err)
+        child.request(ctx.setup_request("cand", program))
+        for t, trial in enumerate(ctx.trials):
+            reply = child.request(trial.payload)
+            if not same_values(trial.inputs, reply.get("inputs")):
+                return Verdict("incorrect", f"trial {t}: forward modified its inputs", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
+            trial_cmp = compare_outputs(trial.output, reply.get("output"), spec.atol, spec.rtol)
+            cmp = cmp.merge(trial_cmp)
+            if not trial_cmp.ok:
+                return Verdict("incorrect", f"trial {t}: {trial_cmp.error}", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
+            reason = parent_check(trial.flags, reply)
+            if reason:
+                return Verdict("rejected", reason, reason.split(":", 1)[0], cmp.max_abs_err, cmp.max_rel_err)
     except ChildFailure as f:
         return Verdict(f.status, f.error, f.guard, cmp.max_abs_err if cmp.max_abs_err else math.nan, cmp.max_rel_err if cmp.max_rel_err else math.nan)
     return Verdict("ok", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
 
 
-def _timing_cpus(threads: int) -> list[int] | None:
+def cpu_split(threads: int) -> tuple[list[int] | None, list[int] | None]:
+    """(timing cpus, correctness cpus): timing gets the last `threads` cpus, correctness the rest.
+
+    With no cpu to spare (cpus <= threads) correctness is not pinned and shares the timing cpus.
+    """
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return None
-    return cpus[-threads:] if len(cpus) >= threads else cpus
+        return None, None
+    if len(cpus) <= threads:
+        return cpus, None
+    return cpus[-threads:], cpus[:-threads]
 
 
-def time_candidate(ctx: ReferenceContext, program: str, launcher: Launcher) -> Verdict:
-    """Interleaved rounds (ref, cand / cand, ref / ...) in two fresh children, under the machine lock.
+def _on_ref(spec: TaskSpec, fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ChildFailure as f:
+        raise ReferenceError_(f"task {spec.task_id}: reference timing child failed: {f}") from f
 
-    Raises ReferenceError_ if the reference child fails (an evaluator problem, not the candidate's).
+
+def time_candidate(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession) -> Verdict:
+    """Interleaved rounds (ref, cand / cand, ref / ...) between two set-up children.
+
+    Call under the machine's timing lock.  Raises ReferenceError_ if the reference child fails
+    (an evaluator problem, not the candidate's).
     """
     settings, spec = ctx.settings, ctx.spec
-    cpus = _timing_cpus(settings.threads)
+    timing_cpus, _ = cpu_split(settings.threads)
+    cand.pin(timing_cpus)
+    cand.extend(settings.timeout_s)
+    # the reference child outlives the candidate's deadline, so a slow candidate times out, not the reference
+    ref.extend(2 * settings.timeout_s + 30)
     ref_ms: list[float] = []
     cand_ms: list[float] = []
-    # the reference child outlives the candidate's deadline, so a slow candidate times out, not the reference
-    ref_timeout = 2 * settings.timeout_s + 30
-    with timing_lock(), _session(launcher, settings, cpus, ref_timeout) as ref, _session(launcher, settings, cpus) as cand:
-
-        def on_ref(fn: Any, *args: Any) -> Any:
-            try:
-                return fn(*args)
-            except ChildFailure as f:
-                raise ReferenceError_(f"task {spec.task_id}: reference timing child failed: {f}") from f
-
-        on_ref(ref.request, ctx.setup_request("ref", spec.source))
-        try:
-            cand.request(ctx.setup_request("cand", program))
-            if settings.warmup_calls > 0:
-                warm = ctx.batch_request(-1)
-                for child in (ref, cand):
-                    (on_ref if child is ref else _call)(child.request, warm)
-                    (on_ref if child is ref else _call)(child.request, {"op": "run"})
-            for r in range(settings.timing_rounds):
-                payload = ctx.batch_request(r)
-                on_ref(ref.request, payload)
-                cand.request(payload)
-                order = (ref, cand) if r % 2 == 0 else (cand, ref)
-                for child in order:
-                    if child is ref:
-                        _, ns = on_ref(ref.timed_request, {"op": "run"})
-                        ref_ms.append(ns / 1e6 / settings.calls_per_round)
-                    else:
-                        _, ns = cand.timed_request({"op": "run"})
-                        cand_ms.append(ns / 1e6 / settings.calls_per_round)
-                check = encode_request({"op": "last", "indices": ctx.output_indices(r)})
-                ref_out = on_ref(ref.request, check)
-                cand_out = cand.request(check)
-                cmp = compare_outputs(ref_out["sampled"], cand_out.get("sampled"), spec.atol, spec.rtol)
-                if ref_out["shapes"] != cand_out.get("shapes"):
-                    cmp = Comparison(False, error=f"output shapes {cand_out.get('shapes')} != reference {ref_out['shapes']}")
-                if not cmp.ok:
-                    return Verdict("rejected", f"timed_output_mismatch: round {r}: {cmp.error}", "timed_output_mismatch")
-        except ChildFailure as f:
-            return Verdict(f.status, f"during timing: {f.error}", f.guard)
+    ref_untimed: list[int] = []  # ns per round spent in requests outside the clock: load + output check
+    cand_untimed: list[int] = []
+    calls = settings.calls_per_round
+    try:
+        if settings.warmup_calls > 0:
+            _on_ref(spec, ctx.load, ref, 0, -1)
+            _on_ref(spec, ref.request, {"op": "run"})
+            ctx.load(cand, 1, -1)
+            cand.request({"op": "run"})
+        for r in range(settings.timing_rounds):
+            ref_untimed.append(_on_ref(spec, ctx.load, ref, 0, r))
+            cand_untimed.append(ctx.load(cand, 1, r))
+            order = (ref, cand) if r % 2 == 0 else (cand, ref)
+            for child in order:
+                if child is ref:
+                    _, ns = _on_ref(spec, ref.timed_request, {"op": "run"})
+                    ref_ms.append(ns / 1e6 / calls)
+                else:
+                    _, ns = cand.timed_request({"op": "run"})
+                    cand_ms.append(ns / 1e6 / calls)
+            check = ctx.check_request(r)
+            ref_out, ns = _on_ref(spec, ref.timed_request, check)
+            ref_untimed[-1] += ns
+            cand_out, ns = cand.timed_request(check)
+            cand_untimed[-1] += ns
+            cmp = compare_outputs(ref_out["sampled"], cand_out.get("sampled"), spec.atol, spec.rtol)
+            if ref_out["shapes"] != cand_out.get("shapes"):
+                cmp = Comparison(False, error=f"output shapes {cand_out.get('shapes')} != reference {ref_out['shapes']}")
+            if not cmp.ok:
+                return Verdict("rejected", f"timed_output_mismatch: round {r}: {cmp.error}", "timed_output_mismatch")
+    except ChildFailure as f:
+        return Verdict(f.status, f"during timing: {f.error}", f.guard)
+    reason = untimed_work_reason(ref_untimed, cand_untimed, [m * calls * 1e6 for m in ref_ms])
+    if reason:
+        return Verdict("rejected", reason, "untimed_work")
     stats = speedup_stats(ref_ms, cand_ms, settings.bootstrap, derive_seed(settings.seed, "bootstrap"))
     return Verdict("ok", timing=stats)
 
 
-def _call(fn: Any, *args: Any) -> Any:
-    return fn(*args)
+def untimed_work_reason(ref_untimed: list[int], cand_untimed: list[int], ref_batch_ns: list[float]) -> str | None:
+    """Work moved out of the timed batch into a round's untimed requests (load, output check).
+
+    Both sides make the same untimed requests, so their medians should agree; the candidate's
+    may exceed the reference's by noise only: UNTIMED_SHARE of a reference batch, at least
+    UNTIMED_FLOOR_NS.  A child only ever holds the current round's inputs, so precomputing a
+    round must happen within that round, where this median sees it.
+    """
+    if not ref_untimed:
+        return None
+    # hidden work recurs every round, so it lifts the lower quartile too; a noise burst does not
+    excess = min(float(np.percentile(cand_untimed, q) - np.percentile(ref_untimed, q)) for q in (25, 50))
+    allowed = max(UNTIMED_SHARE * float(np.median(ref_batch_ns)), UNTIMED_FLOOR_NS)
+    if excess > allowed:
+        return (f"untimed_work: the candidate's untimed requests take {excess / 1e6:.2f} ms per round more than "
+                f"the reference's (allowed {allowed / 1e6:.2f} ms): work hidden outside the clock")
+    return None
+
+
+def _retime_fresh(ctx: ReferenceContext, program: str, launcher: Launcher) -> Verdict:
+    """Time again with a fresh reference child and a fresh candidate child (excessive speedups)."""
+    settings, spec = ctx.settings, ctx.spec
+    timing_cpus, _ = cpu_split(settings.threads)
+    extra = ctx.extra_mb()
+    with _session(launcher, settings, timing_cpus, 2 * settings.timeout_s + 30, extra_mb=extra) as ref, _session(launcher, settings, timing_cpus, extra_mb=extra) as cand:
+        _on_ref(spec, ref.request, ctx.setup_request("ref", spec.source))
+        try:
+            cand.request(ctx.setup_request("cand", program))
+        except ChildFailure as f:
+            return Verdict(f.status, f"during re-timing: {f.error}", f.guard)
+        return time_candidate(ctx, ref, cand)
+
+
+def _time_and_retime(ctx: ReferenceContext, cand: ChildSession, program: str, launcher: Launcher, verdict: Verdict) -> Verdict:
+    timed = time_candidate(ctx, ctx.reference_child(launcher), cand)
+    if timed.status == "ok" and timed.timing is not None and timed.timing.speedup > ctx.settings.excessive_speedup:
+        first = timed.timing.speedup
+        cand.close()
+        retimed = _retime_fresh(ctx, program, launcher)
+        flags = ["excessive_speedup_retimed"]
+        if retimed.status == "ok" and retimed.timing is not None:
+            log.warning("task %s: speedup %.1fx re-timed in fresh children: %.1fx", ctx.spec.task_id, first, retimed.timing.speedup)
+            if retimed.timing.speedup > ctx.settings.excessive_speedup:
+                flags.append("excessive_speedup")
+        timed = retimed
+        timed.flags = flags + timed.flags
+    if timed.status != "ok":
+        timed.max_abs_err, timed.max_rel_err = verdict.max_abs_err, verdict.max_rel_err
+        return timed
+    verdict.timing = timed.timing
+    verdict.flags = verdict.flags + timed.flags
+    return verdict
+
+
+def evaluate_candidate(ctx: ReferenceContext, program: str, launcher: Launcher) -> Verdict:
+    """One child for correctness (on the non-timing cpus) and then timing (under the machine lock).
+
+    `seconds` counts the candidate's own phases, not the wait for the timing lock.
+    """
+    settings = ctx.settings
+    timing_cpus, correctness_cpus = cpu_split(settings.threads)
+    t0 = time.monotonic()
+    with _session(launcher, settings, correctness_cpus, phases=2, extra_mb=ctx.extra_mb()) as cand:
+        verdict = check_correctness(ctx, cand, program)
+        verdict.seconds = time.monotonic() - t0
+        if verdict.status != "ok":
+            return verdict
+        with timing_lock():
+            t1 = time.monotonic()
+            try:
+                verdict = _time_and_retime(ctx, cand, program, launcher, verdict)
+            finally:
+                verdict.seconds += time.monotonic() - t1
+    return verdict
 
 
 def _verdict_to_record(spec: TaskSpec, code_sha: str, v: Verdict, seconds: float) -> EvalRecord:
@@ -344,35 +515,6 @@ def _pre_check(spec: TaskSpec, program: str, settings: EvalSettings) -> Verdict 
     return None
 
 
-def _finish_timing(ctx: ReferenceContext, program: str, launcher: Launcher, verdict: Verdict) -> Verdict:
-    t0 = time.monotonic()
-    try:
-        return _time_and_retime(ctx, program, launcher, verdict)
-    finally:
-        verdict.seconds += time.monotonic() - t0
-
-
-def _time_and_retime(ctx: ReferenceContext, program: str, launcher: Launcher, verdict: Verdict) -> Verdict:
-    timed = time_candidate(ctx, program, launcher)
-    if timed.status == "ok" and timed.timing is not None and timed.timing.speedup > ctx.settings.excessive_speedup:
-        first = timed.timing.speedup
-        retimed = time_candidate(ctx, program, launcher)
-        flags = ["excessive_speedup_retimed"]
-        if retimed.status == "ok" and retimed.timing is not None:
-            log.warning("task %s: speedup %.1fx re-timed in fresh children: %.1fx", ctx.spec.task_id, first, retimed.timing.speedup)
-            if retimed.timing.speedup > ctx.settings.excessive_speedup:
-                flags.append("excessive_speedup")
-        timed = retimed
-        timed.flags = flags + timed.flags
-    if timed.status != "ok":
-        timed.max_abs_err, timed.max_rel_err = verdict.max_abs_err, verdict.max_rel_err
-        timed.seconds = verdict.seconds
-        return timed
-    verdict.timing = timed.timing
-    verdict.flags = verdict.flags + timed.flags
-    return verdict
-
-
 _last_context: dict[str, ReferenceContext] = {}
 
 
@@ -380,9 +522,22 @@ def _reference_context(spec: TaskSpec, settings: EvalSettings) -> ReferenceConte
     """The last task's context is kept, so repeated calls for one task reuse its inputs."""
     key = f"{spec.source_sha256}:{settings.settings_hash()}:{spec.atol}:{spec.rtol}"
     if key not in _last_context:
+        for old in _last_context.values():
+            old.close()
         _last_context.clear()
         _last_context[key] = ReferenceContext.build(spec, settings)
     return _last_context[key]
+
+
+def reference_child_pids() -> set[int]:
+    """Pids of the live reference children kept for the last task (they outlive evaluate_task)."""
+    return {c._ref_child.pid for c in _last_context.values() if c._ref_child is not None and c._ref_child.alive()}
+
+
+@atexit.register
+def _close_contexts() -> None:
+    for ctx in _last_context.values():
+        ctx.close()
 
 
 def evaluate_task(
@@ -435,20 +590,14 @@ def evaluate_task(
         launcher = launcher or shared_fork_server()
         ctx = _reference_context(spec, settings)
 
-        def correctness(program: str) -> Verdict:
-            t0 = time.monotonic()
-            verdict = check_correctness(ctx, program, launcher)
-            verdict.seconds = time.monotonic() - t0
-            if verdict.status != "ok":
-                store(program, verdict)
-            return verdict
+        def run(program: str) -> None:
+            store(program, evaluate_candidate(ctx, program, launcher))
 
-        # correctness in parallel first; timing afterwards, one candidate at a time
+        # workers pipeline: correctness of one candidate overlaps timing of another (on other cpus);
+        # timing itself is serialised by the machine-wide lock
         with ThreadPoolExecutor(max_workers=max(1, min(settings.max_parallel, len(to_run)))) as pool:
-            verdicts = list(pool.map(correctness, to_run))
-        for program, verdict in zip(to_run, verdicts):
-            if verdict.status == "ok":
-                store(program, _finish_timing(ctx, program, launcher, verdict))
+            for future in [pool.submit(run, p) for p in to_run]:
+                future.result()
     bar.close()
 
     out = []

@@ -81,9 +81,31 @@ class CappedOutput:
         return self.fd
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def steady_malloc() -> None:
+    """Make glibc serve big tensors from the heap and keep freed memory.
+
+    By default glibc maps each large block afresh (page faults on every new output tensor) until
+    a free raises its threshold, so a child's speed depends on its allocation history: a fresh
+    child and a reused one would time the same code differently.  Fixed thresholds make every
+    child reuse freed blocks from the first repeat on.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        pass
+
+
 def setup_child_process(config: dict[str, Any]) -> None:
     """Runs in the child before any candidate code: isolate, limit, drop privileges."""
     os.setsid()
+    steady_malloc()
     stdio = os.open(config["stdio"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -132,18 +154,45 @@ def setup_child_process(config: dict[str, Any]) -> None:
     torch.set_num_threads(threads)
 
 
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process of `uid` (a helper that becomes `uid` and signals -1)."""
-    helper = os.fork()
-    if helper == 0:
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            os.kill(-1, signal.SIGKILL)  # Linux never signals the caller itself
-        finally:
-            os._exit(0)
-    os.waitpid(helper, 0)
+def _kill_uid(uid: int, passes: int = 5) -> None:
+    """SIGKILL every process that runs as `uid` (found by the owner of its /proc entry).
+
+    Cheaper than forking a helper from the (large) server image; repeated because a process
+    may fork while we scan.  RLIMIT_NPROC keeps the number of such processes tiny.
+    """
+    for _ in range(passes):
+        found = False
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if entry.stat().st_uid != uid:
+                    continue
+                os.kill(int(entry.name), signal.SIGKILL)
+                found = True
+            except OSError:
+                continue
+        if not found:
+            return
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def isolate_network() -> bool:
+    """Move this process into a new, empty network namespace (only a down loopback).
+
+    Needs CAP_SYS_ADMIN (root here); returns False where the OS does not allow it.  Children
+    forked afterwards inherit the namespace, so they cannot open any network connection
+    (not even to 127.0.0.1 of the host); unix sockets in the filesystem are not covered.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.unshare(_CLONE_NEWNET) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 # ----------------------------------------------------------------------------- server process
@@ -158,6 +207,7 @@ def serve(fd: int) -> None:
         ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come to us to be reaped
     except (OSError, AttributeError):
         pass
+    network_isolated = isolate_network()
     import torch
 
     torch.set_num_threads(1)  # never start an OpenMP pool here: forked children could not use it
@@ -169,7 +219,7 @@ def serve(fd: int) -> None:
     counter = 0
     statuses: dict[int, int] = {}
     live: dict[int, int] = {}  # pid -> uid
-    sock.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
+    sock.send(json.dumps({"ready": True, "pid": os.getpid(), "network_isolated": network_isolated}).encode())
 
     def reap() -> None:
         while True:
@@ -180,7 +230,7 @@ def serve(fd: int) -> None:
             if pid == 0:
                 return
             if pid in live:
-                statuses[pid] = status
+                statuses[pid] = status  # kept for a later finish; children finished early are just reaped
 
     while True:
         try:
@@ -226,7 +276,10 @@ def serve(fd: int) -> None:
                 _kill_uid(uid)
             if pid not in statuses:
                 try:
-                    _, statuses[pid] = os.waitpid(pid, 0)
+                    # a killed child's teardown is the kernel's business: wait for it only when
+                    # the caller needs the real exit status (a child that died on its own)
+                    got, status = os.waitpid(pid, 0 if request.get("wait", True) else os.WNOHANG)
+                    statuses[pid] = status if got else -1
                 except ChildProcessError:
                     statuses[pid] = -1
             sock.send(json.dumps({"status": statuses.pop(pid)}).encode())
@@ -246,7 +299,7 @@ def serve(fd: int) -> None:
 class Launcher(Protocol):
     def launch(self, config: dict[str, Any]) -> tuple[int, socket.socket]: ...
 
-    def finish(self, pid: int) -> int: ...
+    def finish(self, pid: int, wait: bool = True) -> int: ...
 
     def close(self) -> None: ...
 
@@ -276,7 +329,9 @@ class ForkServer:
         reply = self._sock.recv(1 << 16)
         if not reply:
             raise RuntimeError("the evaluator's fork server failed to start (see its stderr)")
-        log.debug("fork server ready: %s", reply)
+        info = json.loads(reply)
+        self.network_isolated = bool(info.get("network_isolated"))
+        log.debug("fork server ready: %s", info)
 
     def _request(self, obj: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
         with self._lock:
@@ -294,8 +349,11 @@ class ForkServer:
             theirs.close()
         return int(reply["pid"]), ours
 
-    def finish(self, pid: int) -> int:
-        return int(self._request({"op": "finish", "pid": pid})["status"])
+    def finish(self, pid: int, wait: bool = True) -> int:
+        """Kill the child and everything it started; its wait() status if `wait`, else maybe -1."""
+        if self._sock.fileno() < 0:
+            return -1  # closed: the server killed every child it still had when it exited
+        return int(self._request({"op": "finish", "pid": pid, "wait": wait})["status"])
 
     def alive(self) -> bool:
         return self._proc.poll() is None
@@ -313,6 +371,7 @@ class SpawnLauncher:
 
     def __init__(self) -> None:
         self._procs: dict[int, subprocess.Popen] = {}
+        self._uids: dict[int, int] = {}
         self._counter = 0
         self._lock = threading.Lock()
 
@@ -331,14 +390,19 @@ class SpawnLauncher:
         )
         theirs.close()
         self._procs[proc.pid] = proc
+        if os.geteuid() == 0:
+            self._uids[proc.pid] = uid
         return proc.pid, ours
 
-    def finish(self, pid: int) -> int:
+    def finish(self, pid: int, wait: bool = True) -> int:
         proc = self._procs.pop(pid)
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
             proc.kill()
+        uid = self._uids.pop(pid, None)
+        if uid is not None:
+            _kill_uid(uid)
         proc.wait()
         rc = proc.returncode
         return (-rc) & 0x7F if rc < 0 else (rc & 0xFF) << 8  # back to a wait() status

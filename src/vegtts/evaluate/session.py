@@ -10,7 +10,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vegtts.evaluate.protocol import Encoded, ProtocolError, recv_message, send_json, tune_socket
 from vegtts.evaluate.server import Launcher
@@ -45,7 +45,9 @@ class ChildSession:
         memory_limit_mb: int,
         timeout_s: float,
         affinity: list[int] | None = None,
+        cpu_timeout_s: float | None = None,
     ) -> None:
+        cpu_timeout_s = cpu_timeout_s or timeout_s
         self.scratch = Path(tempfile.mkdtemp(prefix="vegtts-eval-"))
         os.chmod(self.scratch, 0o700)
         self.stdio = self.scratch / "stdio.txt"
@@ -56,7 +58,7 @@ class ChildSession:
             "stdio": str(self.stdio),
             "threads": threads,
             "memory_limit_mb": memory_limit_mb,
-            "cpu_s": int(timeout_s * threads) + 5,  # backstop if the parent itself dies
+            "cpu_s": int(cpu_timeout_s * threads) + 5,  # backstop if the parent itself dies
             "affinity": affinity,
         }
         self._launcher = launcher
@@ -67,6 +69,28 @@ class ChildSession:
         self._closed = False
         self.exit_status: int | None = None
 
+    def extend(self, timeout_s: float) -> None:
+        """A fresh wall-clock budget from now (a session reused for a new phase or candidate)."""
+        self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+
+    def alive(self) -> bool:
+        return not self._closed and not self._child_gone()
+
+    def pin(self, cpus: list[int] | None) -> None:
+        """Move every thread of the child onto `cpus` (the parent may do this; the child keeps them)."""
+        if not cpus:
+            return
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{self.pid}/task")]
+        except OSError:
+            return
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                pass
+
     def __enter__(self) -> "ChildSession":
         return self
 
@@ -74,8 +98,11 @@ class ChildSession:
         self.close()
 
     # -- requests
-    def request(self, msg: dict[str, Any] | Encoded) -> dict[str, Any]:
-        """Send a request (a JSON-able dict, or an Encoded message with tensors); return the ok reply."""
+    def request(self, msg: dict[str, Any] | Encoded, after_send: Callable[[socket.socket], None] | None = None) -> dict[str, Any]:
+        """Send a request (a JSON-able dict, or an Encoded message with tensors); return the ok reply.
+
+        `after_send(sock)` runs right after the request is sent (it passes a file descriptor).
+        """
         try:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
@@ -85,6 +112,8 @@ class ChildSession:
                 msg.send(self.sock)
             else:
                 send_json(self.sock, msg)
+            if after_send is not None:
+                after_send(self.sock)
             self._wait_readable()
             reply = recv_message(self.sock, self.deadline, self.max_reply_bytes)
         except (TimeoutError, socket.timeout):
@@ -97,10 +126,12 @@ class ChildSession:
             raise ChildFailure(str(reply.get("status", "crash")), str(reply.get("error", ""))[:2000], str(reply.get("guard", "")))
         return reply
 
-    def timed_request(self, msg: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    def timed_request(
+        self, msg: dict[str, Any] | Encoded, after_send: Callable[[socket.socket], None] | None = None
+    ) -> tuple[dict[str, Any], int]:
         """A request whose round trip the parent times (ns): the clock lives here, not in the child."""
         t0 = time.perf_counter_ns()
-        reply = self.request(msg)
+        reply = self.request(msg, after_send)
         return reply, time.perf_counter_ns() - t0
 
     def _wait_readable(self) -> None:
@@ -137,7 +168,7 @@ class ChildSession:
 
     def _died(self, exc: BaseException) -> ChildFailure:
         tail = self.stdio_tail()  # read before close() removes the scratch dir
-        self.close()
+        self.close(wait=True)
         status = self.exit_status if self.exit_status is not None else -1
         if isinstance(exc, ProtocolError):
             return ChildFailure("crash", f"protocol violation: {exc}")
@@ -154,7 +185,8 @@ class ChildSession:
             return ChildFailure("crash", f"child exited early with code {os.WEXITSTATUS(status)}" + (f"; last output: {last_line}" if last_line else ""))
         return ChildFailure("crash", f"connection to the child lost ({type(exc).__name__})")
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
+        """Kill the child and all it started; `wait` for its real exit status (a child that died)."""
         if self._closed:
             return
         self._closed = True
@@ -162,6 +194,6 @@ class ChildSession:
             self.sock.close()
         finally:
             try:
-                self.exit_status = self._launcher.finish(self.pid)
+                self.exit_status = self._launcher.finish(self.pid, wait)
             finally:
                 shutil.rmtree(self.scratch, ignore_errors=True)
