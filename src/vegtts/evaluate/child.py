@@ -272,9 +272,14 @@ def child_main(sock: socket.socket) -> None:
                 send_json(sock, {"ok": True})
             except BaseException as exc:  # noqa: BLE001
                 send_json(sock, _failure(exc, "runtime_error", filename))
-        elif op == "last":  # the last timed call's output, at the element positions the parent chose
+        elif op == "last":  # the last timed call's output at the element positions the parent chose,
+            # then (optionally) the next round's inputs, whose fd follows the request
             try:
-                send_message(sock, {"ok": True, **sample_output(state.last_output, msg["indices"])})
+                reply = {"ok": True, **sample_output(state.last_output, msg["indices"])}
+                if msg.get("load") is not None:
+                    state.batch, state.last_output = [], None
+                    state.batch = receive_batch(sock, msg["load"])
+                send_message(sock, reply)
             except BaseException as exc:  # noqa: BLE001 - a hostile output object
                 send_json(sock, _failure(exc, "runtime_error", filename))
         else:

@@ -128,7 +128,7 @@ class ReferenceContext:
     _timing_payloads: dict[int, Encoded] = field(default_factory=dict)
     _payload_bytes: int = 0
     pool: InputPool | None = None
-    _check_payloads: dict[int, Encoded] = field(default_factory=dict)
+    _check_payloads: dict[tuple[int, bool], Encoded] = field(default_factory=dict)
     _ref_child: ChildSession | None = None
     _ref_launcher: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -222,11 +222,27 @@ class ReferenceContext:
         """Address space a timing child needs for mapped inputs (two rounds at a time)."""
         return 0 if self.pool is None else 2 * (self.pool.round_bytes >> 20) + 2
 
-    def check_request(self, round_idx: int) -> Encoded:
-        """The `last` request of a round (element positions to return), encoded once per task."""
-        if round_idx not in self._check_payloads:
-            self._check_payloads[round_idx] = encode_request({"op": "last", "indices": self.output_indices(round_idx)})
-        return self._check_payloads[round_idx]
+    def check_request(self, round_idx: int, load_next: bool) -> Encoded:
+        """The `last` request of a round (element positions to return), encoded once per task.
+
+        With `load_next` (pooled inputs only) it also loads round_idx + 1: one round trip less.
+        """
+        key = (round_idx, load_next)
+        if key not in self._check_payloads:
+            msg: dict[str, Any] = {"op": "last", "indices": self.output_indices(round_idx)}
+            if load_next and self.pool is not None:
+                msg["load"] = self.pool.layout[round_idx + 1]
+            self._check_payloads[key] = encode_request(msg)
+        return self._check_payloads[key]
+
+    def check_and_load(self, child: ChildSession, side: int, round_idx: int) -> tuple[dict[str, Any], int]:
+        """Output check of a round plus, where possible, the next round's inputs; (reply, ns)."""
+        load_next = self.pool is not None and round_idx + 1 < self.settings.timing_rounds
+        after = self.pool.fd_sender(side, round_idx + 1) if load_next and self.pool is not None else None
+        reply, ns = child.timed_request(self.check_request(round_idx, load_next), after)
+        if not load_next and round_idx + 1 < self.settings.timing_rounds:
+            ns += self.load(child, side, round_idx + 1)
+        return reply, ns
 
     def output_indices(self, round_idx: int) -> list[torch.Tensor | None]:
         """Random element positions per output tensor for a timed batch, drawn after the batch ran."""
@@ -370,9 +386,9 @@ def time_candidate(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession)
             _on_ref(spec, ref.request, {"op": "run"})
             ctx.load(cand, 1, -1)
             cand.request({"op": "run"})
+        ref_untimed.append(_on_ref(spec, ctx.load, ref, 0, 0))
+        cand_untimed.append(ctx.load(cand, 1, 0))
         for r in range(settings.timing_rounds):
-            ref_untimed.append(_on_ref(spec, ctx.load, ref, 0, r))
-            cand_untimed.append(ctx.load(cand, 1, r))
             order = (ref, cand) if r % 2 == 0 else (cand, ref)
             for child in order:
                 if child is ref:
@@ -381,11 +397,10 @@ def time_candidate(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession)
                 else:
                     _, ns = cand.timed_request({"op": "run"})
                     cand_ms.append(ns / 1e6 / calls)
-            check = ctx.check_request(r)
-            ref_out, ns = _on_ref(spec, ref.timed_request, check)
-            ref_untimed[-1] += ns
-            cand_out, ns = cand.timed_request(check)
-            cand_untimed[-1] += ns
+            ref_out, ns = _on_ref(spec, ctx.check_and_load, ref, 0, r)
+            ref_untimed.append(ns)
+            cand_out, ns = ctx.check_and_load(cand, 1, r)
+            cand_untimed.append(ns)
             cmp = compare_outputs(ref_out["sampled"], cand_out.get("sampled"), spec.atol, spec.rtol)
             if ref_out["shapes"] != cand_out.get("shapes"):
                 cmp = Comparison(False, error=f"output shapes {cand_out.get('shapes')} != reference {ref_out['shapes']}")
