@@ -34,14 +34,10 @@ class FewShotExample:
     module: str  # the same rewrite as a complete ModelNew module
 
 
-# Ordered from the most to the least useful for a small model: the last shots are dropped first.
+# A small model copies the pattern of the LAST shot most (recency), so the last one is the
+# one-call idiom (F.<op>) that transfers to the elementwise tasks.  n_shots keeps the LAST n.
 # None of them is a built-in task: the model must transfer the idea, not copy an answer.
 FEW_SHOT_EXAMPLES: tuple[FewShotExample, ...] = (
-    FewShotExample(
-        reference='class Model(nn.Module):\n    def __init__(self):\n        super().__init__()\n\n    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        return torch.log(1 + torch.exp(x))',
-        body='return F.softplus(x)',
-        module='class ModelNew(nn.Module):\n    def __init__(self):\n        super().__init__()\n\n    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        return F.softplus(x)',
-    ),
     FewShotExample(
         reference='class Model(nn.Module):\n    def __init__(self, dim: int):\n        super().__init__()\n        self.scale = nn.Parameter(torch.randn(dim))\n        self.shift = nn.Parameter(torch.randn(dim))\n\n    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        return x * self.scale + self.shift',
         body='return torch.addcmul(self.shift, x, self.scale)',
@@ -61,6 +57,11 @@ FEW_SHOT_EXAMPLES: tuple[FewShotExample, ...] = (
         reference='class Model(nn.Module):\n    def __init__(self):\n        super().__init__()\n\n    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        return x.sum(dim=1) / x.shape[1]',
         body='return x.mean(dim=1)',
         module='class ModelNew(nn.Module):\n    def __init__(self):\n        super().__init__()\n\n    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        return x.mean(dim=1)',
+    ),
+    FewShotExample(
+        reference='class Model(nn.Module):\n    def __init__(self):\n        super().__init__()\n\n    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        return torch.log(1 + torch.exp(x))',
+        body='return F.softplus(x)',
+        module='class ModelNew(nn.Module):\n    def __init__(self):\n        super().__init__()\n\n    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        return F.softplus(x)',
     ),
 )
 
@@ -106,7 +107,7 @@ def _section(header: str, code: str) -> str:
 
 def _shots_text(fmt: str, n_shots: int) -> str:
     parts = []
-    for ex in FEW_SHOT_EXAMPLES[:n_shots]:
+    for ex in FEW_SHOT_EXAMPLES[len(FEW_SHOT_EXAMPLES) - n_shots :]:
         answer = ex.body if fmt == "body" else ex.module
         parts.append(_section(_REFERENCE_HEADER, ex.reference) + "\n" + _section(_ANSWER_HEADER[fmt], answer))
     return "\n".join(parts)
