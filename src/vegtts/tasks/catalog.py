@@ -36,21 +36,22 @@ KERNELBENCH_RTOL = 1e-2
 # thread, so a small model produces both correct-slow and correct-fast samples.  Probed with
 # Gemma 3 270M base (5-shot body prompt, temperature 0.5, 8-12 samples): it copies short lines
 # (relu_where: 6/12 exact copies) but mangles long ones (clamp_minmax: 0/8) and drops factors
-# (silu_mul: "return torch.sigmoid(x)"), so the "redundant" problems, where dropping a wasted
-# op is correct and faster, come first.  Easiest first.
+# (silu_mul: "return torch.sigmoid(x)"), so the "dead-work" problems (an unused statistic before
+# the return: copying only the last line is correct and faster, copying all is correct and not)
+# and the "redundant" ones (dropping a wasted op is correct and faster) come first.
 DEFAULT_TASK_IDS: list[str] = [
-    "relu_where",
+    "dead_center_relu",
+    "dead_scale_abs",
+    "dead_cumsum_sigmoid",
+    "dead_softmax_tanh",
     "relu_twice",
     "abs_neg",
     "sqrt_square",
     "sigmoid_clone",
+    "relu_where",
     "abs_where",
     "leaky_relu_where",
     "sigmoid_exp",
-    "softmax_exp",
-    "log_softmax_log",
-    "gelu_erf",
-    "elu_where",
 ]
 
 _ID_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
