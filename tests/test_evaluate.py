@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
 import os
 import re
+import shutil
+import socket
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -247,23 +252,95 @@ def test_status(body, status, needle):
 
 
 def _hack_files():
-    return sorted(HACKS.glob("*.py"))
+    def key(path):  # hacks of one task together, so the task's reference context is reused
+        return (re.search(r"^# problem: (\w+)", path.read_text(), re.M).group(1), path.stem)
+
+    return sorted(HACKS.glob("*.py"), key=key)
+
+
+_BUILTIN: dict[str, TaskSpec] = {}
+
+
+def hack_spec(problem: str) -> TaskSpec:
+    if problem in PROBLEMS:
+        return spec_of(problem)
+    if problem not in _BUILTIN:
+        from vegtts.tasks import load_tasks
+
+        _BUILTIN[problem] = load_tasks({"suite": "builtin", "ids": [problem]})[0]
+    return _BUILTIN[problem]
+
+
+@contextlib.contextmanager
+def tcp_listener():
+    """A listener on 127.0.0.1; yields (port, list of accepted connections)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(0.2)
+    accepted, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1], accepted
+    finally:
+        stop.set()
+        thread.join(2)
+        server.close()
 
 
 @pytest.mark.parametrize("path", _hack_files(), ids=lambda p: p.stem)
-def test_hack_corpus(path):
+def test_hack_corpus(path, tmp_path):
     text = path.read_text()
     problem = re.search(r"^# problem: (\w+)", text, re.M).group(1)
     expect = re.search(r"^# expect: (\S+)(?: (\S+))?", text, re.M)
     statuses, guard = expect.group(1).split("|"), expect.group(2)
-    settings = FAST if "timeout" not in statuses else EvalSettings(**{**FAST.to_dict(), "timeout_s": 3})
-    before = time.monotonic()
-    rec = run_one(problem, text, settings)
+    overrides = dict(re.findall(r"^# settings: (\w+)=(\S+)", text, re.M))
+    settings = FAST.to_dict()
+    settings.update({k: json.loads(v) for k, v in overrides.items()})
+    if "timeout" in statuses:
+        settings["timeout_s"] = 3
+    forbidden: list[Path] = []
+    with contextlib.ExitStack() as stack:
+        if "__PORT__" in text:
+            port, accepted = stack.enter_context(tcp_listener())
+            text = text.replace("__PORT__", str(port))
+        if "__FORBIDDEN__" in text:
+            if os.geteuid() != 0:
+                pytest.skip("children get a uid of their own only when the evaluator runs as root")
+            # a world-readable tree like a real checkout: results/ and the cache belong to the runner
+            root = Path(tempfile.mkdtemp(prefix="vegtts-hack-"))
+            stack.callback(shutil.rmtree, root, True)
+            forbidden = [root / "results", root / "cache"]
+            for folder in [root, *forbidden]:
+                folder.mkdir(exist_ok=True)
+                folder.chmod(0o755)
+            text = text.replace("__FORBIDDEN__", repr([str(f) for f in forbidden]))
+        spec = hack_spec(problem)
+        prog = spec.source.rstrip("\n") + "\n\n\n" + text
+        before = time.monotonic()
+        cache_dir = forbidden[1] if forbidden else None
+        rec = evaluate_task(spec, [(sha256_text(prog), prog)], EvalSettings(**settings), cache_dir)[0]
+        if "__PORT__" in path.read_text():
+            assert accepted == [], "the candidate reached a listener on 127.0.0.1"
+            assert "network is unreachable" in rec.error.lower() or "errno" in rec.error.lower(), rec.error
     assert rec.status in statuses, (rec.status, rec.error, rec.guard)
     assert all(s in STATUSES for s in statuses)
     if guard:
         assert (rec.guard + " " + rec.error).startswith(guard) or guard in rec.error, (rec.guard, rec.error)
-    assert time.monotonic() - before < 60
+    for folder in forbidden:
+        assert not (folder / "pwned.txt").exists()
+    if forbidden:
+        assert "permission denied" in rec.error.lower(), rec.error
+    assert time.monotonic() - before < 90
     time.sleep(0.2)
     assert sandbox_processes() == [], "a sandboxed process outlived its evaluation"
 
@@ -357,3 +434,33 @@ def test_evaluate_samples_file(tmp_path):
     assert len(df) == 4
     with pytest.raises(ValueError):
         evaluate_samples_file(samples, spec_of("softmax"), FAST.to_dict(), None, tmp_path / "x.parquet")
+
+
+# ----------------------------------------------------------------------------- honest corpus (no false positives)
+
+SOLUTIONS = Path(__file__).parent / "solutions"
+# builtin tasks whose hand-written solutions (tests/solutions) are honest; True: clearly faster
+# (>= 4x on one thread in benchmarks/results/solutions_cpu.txt), so its interval must reach above 1
+HONEST_SOLUTIONS = {
+    "softmax_exp": False,
+    "layernorm_manual": True,
+    "hardswish_clamp": True,
+    "log_softmax_log": False,
+    "gelu_erf": True,
+    "linear": False,
+    "relu_where": True,
+}
+
+
+@pytest.mark.parametrize("task_id", sorted(HONEST_SOLUTIONS))
+def test_honest_solution_is_ok(task_id):
+    from vegtts.tasks import solution_program
+
+    spec = hack_spec(task_id)
+    prog = solution_program(spec, (SOLUTIONS / f"{task_id}.py").read_text())
+    settings = EvalSettings(**{**FAST.to_dict(), "timing_rounds": 7})
+    rec = evaluate_task(spec, [(sha256_text(prog), prog)], settings)[0]
+    assert rec.status == "ok" and rec.correct and rec.guard == "", (rec.status, rec.guard, rec.error)
+    assert rec.speedup_lo <= rec.speedup <= rec.speedup_hi
+    if HONEST_SOLUTIONS[task_id]:
+        assert rec.speedup_hi > 1.0, (rec.speedup, rec.speedup_lo, rec.speedup_hi)

@@ -44,6 +44,8 @@ class ChildState:
     baseline_threads: int = 1
     previous_storages: list[int] = field(default_factory=list)
     kept_outputs: list[Any] = field(default_factory=list)  # alive, so a reused buffer shows as aliasing
+    watched: dict[tuple[int, str], Any] = field(default_factory=dict)  # originals of WATCHED, before candidate code
+    reference_called: bool = False
 
 
 # ----------------------------------------------------------------------------- dynamic guards
@@ -97,7 +99,62 @@ def guard_thread_count(state: ChildState, inputs: list[Any], output: Any) -> str
     return None
 
 
+def _watched_objects() -> list[tuple[Any, str]]:
+    """Functions whose replacement would fool a clock, a synchronisation or this harness."""
+    import time
+
+    import vegtts.evaluate.child as harness
+    import vegtts.evaluate.pool as pool
+    import vegtts.evaluate.protocol as protocol
+
+    out: list[tuple[Any, str]] = [
+        (time, n) for n in ("perf_counter", "perf_counter_ns", "monotonic", "monotonic_ns", "time", "time_ns", "process_time", "sleep")
+    ]
+    out += [(torch, n) for n in ("get_num_threads", "set_num_threads", "manual_seed", "no_grad", "randn", "rand", "empty")]
+    out += [(torch.cuda, "synchronize"), (threading, "active_count"), (torch.nn.Module, "__call__")]
+    if hasattr(torch, "cpu") and hasattr(torch.cpu, "synchronize"):
+        out.append((torch.cpu, "synchronize"))
+    for module in (harness, pool, protocol):
+        out += [(module, n) for n, v in vars(module).items() if callable(v) and not n.startswith("__")]
+    return out
+
+
+def snapshot_watched() -> dict[tuple[int, str], Any]:
+    return {(id(obj), name): getattr(obj, name, None) for obj, name in _watched_objects()}
+
+
+def guard_patched_functions(state: ChildState, inputs: list[Any], output: Any) -> str | None:
+    """Timer, synchronisation, RNG or harness functions must still be the originals."""
+    for obj, name in _WATCHED:
+        if getattr(obj, name, None) is not state.watched.get((id(obj), name)):
+            where = getattr(obj, "__name__", type(obj).__name__)
+            return f"patched_function: {where}.{name} was replaced"
+    return None
+
+
+def guard_torch_modes(state: ChildState, inputs: list[Any], output: Any) -> str | None:
+    """No torch function/dispatch mode may stay active: it would intercept the harness's own
+    tensor operations (e.g. finish a lazy output while the harness samples it, off the clock)."""
+    try:
+        depth = torch._C._len_torch_function_stack() + torch._C._len_torch_dispatch_stack()
+    except AttributeError:
+        return None
+    if depth:
+        return f"torch_mode: {depth} torch function/dispatch mode(s) active after the candidate's code"
+    return None
+
+
+def guard_reference_called(state: ChildState, inputs: list[Any], output: Any) -> str | None:
+    """With allow_reference_calls=False, the reference Model.forward ran (even if the error was caught)."""
+    if state.reference_called:
+        return "reference_call: ModelNew ran the reference Model.forward (allow_reference_calls is false)"
+    return None
+
+
 CHILD_GUARDS: list[Callable[[ChildState, list[Any], Any], str | None]] = [
+    guard_reference_called,
+    guard_patched_functions,
+    guard_torch_modes,
     guard_plain_output,
     guard_background_threads,
     guard_thread_count,
@@ -177,10 +234,37 @@ def _exec_source(source: str, filename: str) -> dict[str, Any]:
     return namespace
 
 
+def _exec_guarding_reference(state: ChildState, source: str, reference: str, filename: str) -> dict[str, Any]:
+    """Exec a program that starts with the reference source, with Model.forward trapped in between.
+
+    The trap raises, and also records the call, so a try/except fallback to the reference is
+    still caught after the forward returns.
+    """
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"__name__": "__vegtts_candidate__", "__file__": filename}
+    exec(compile(reference, filename, "exec"), namespace)  # noqa: S102 - the trusted task source
+    model_cls = namespace.get("Model")
+    if isinstance(model_cls, type):
+
+        def trapped_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+            state.reference_called = True
+            raise GuardViolation("reference_call", "reference_call: ModelNew ran the reference Model.forward")
+
+        model_cls.forward = trapped_forward
+    rest = "\n" * reference.count("\n") + source[len(reference):]  # keeps the candidate's line numbers
+    exec(compile(rest, filename, "exec"), namespace)  # noqa: S102 - this child exists to run it
+    return namespace
+
+
 def _build(state: ChildState, msg: dict[str, Any]) -> None:
     role = msg["role"]
     filename = "<reference>" if role == "ref" else "<candidate>"
-    namespace = _exec_source(msg["source"], filename)
+    state.watched = snapshot_watched()
+    reference = msg.get("trap_reference") or ""
+    if role == "cand" and reference and msg["source"].startswith(reference):
+        namespace = _exec_guarding_reference(state, msg["source"], reference, filename)
+    else:
+        namespace = _exec_source(msg["source"], filename)
     cls_name = "Model" if role == "ref" else "ModelNew"
     cls = namespace.get(cls_name)
     if not isinstance(cls, type):
@@ -192,6 +276,10 @@ def _build(state: ChildState, msg: dict[str, Any]) -> None:
             raise TypeError(f"{cls_name} is not a torch.nn.Module")
         model.load_state_dict(msg["state"], strict=True)
     state.model = model
+    for guard in (guard_reference_called, guard_patched_functions, guard_torch_modes):
+        reason = guard(state, [], None)
+        if reason:
+            raise GuardViolation(reason.split(":", 1)[0], reason)
 
 
 def _forward(state: ChildState, inputs: list[Any], guards: tuple[Any, ...] | None = None) -> Any:
@@ -307,3 +395,4 @@ def spawn_main(fd: int) -> None:
 # originals, bound by child_main before candidate code can reassign the module attributes
 _recv_message, _send_json, _send_message = recv_message, send_json, send_message
 _build_, _forward_, _aliasing, _sample_output, _receive_batch, _failure_ = _build, _forward, aliasing, sample_output, receive_batch, _failure
+_WATCHED = _watched_objects()

@@ -263,6 +263,8 @@ class ReferenceContext:
                 "init_seed": self.init_seed,
                 "state": self.state,
                 "threads": self.settings.threads,
+                # the child traps Model.forward between the reference part and the candidate's code
+                "trap_reference": "" if role == "ref" or self.settings.allow_reference_calls else self.spec.source,
             }
         )
 
@@ -469,6 +471,16 @@ def _time_and_retime(ctx: ReferenceContext, cand: ChildSession, program: str, la
     return verdict
 
 
+def _no_strays(verdict: Verdict, child: ChildSession) -> Verdict:
+    if verdict.status != "ok":
+        return verdict
+    strays = child.stray_processes()
+    if strays:
+        return replace(verdict, status="rejected", guard="background_process", timing=None,
+                       error=f"background_process: {len(strays)} process(es) started by the candidate still running")
+    return verdict
+
+
 def evaluate_candidate(ctx: ReferenceContext, program: str, launcher: Launcher) -> Verdict:
     """One child for correctness (on the non-timing cpus) and then timing (under the machine lock).
 
@@ -478,7 +490,7 @@ def evaluate_candidate(ctx: ReferenceContext, program: str, launcher: Launcher) 
     timing_cpus, correctness_cpus = cpu_split(settings.threads)
     t0 = time.monotonic()
     with _session(launcher, settings, correctness_cpus, phases=2, extra_mb=ctx.extra_mb()) as cand:
-        verdict = check_correctness(ctx, cand, program)
+        verdict = _no_strays(check_correctness(ctx, cand, program), cand)
         verdict.seconds = time.monotonic() - t0
         if verdict.status != "ok":
             return verdict
@@ -486,6 +498,8 @@ def evaluate_candidate(ctx: ReferenceContext, program: str, launcher: Launcher) 
             t1 = time.monotonic()
             try:
                 verdict = _time_and_retime(ctx, cand, program, launcher, verdict)
+                if not cand._closed:
+                    verdict = _no_strays(verdict, cand)
             finally:
                 verdict.seconds += time.monotonic() - t1
     return verdict

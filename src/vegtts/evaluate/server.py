@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -154,26 +155,48 @@ def setup_child_process(config: dict[str, Any]) -> None:
     torch.set_num_threads(threads)
 
 
-def _kill_uid(uid: int, passes: int = 5) -> None:
-    """SIGKILL every process that runs as `uid` (found by the owner of its /proc entry).
+def _uid_processes(uid: int) -> list[int]:
+    """Pids of live (not zombie) processes that run as `uid`, from the owners of /proc entries."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in (b"Z", b"X"):
+            found.append(int(entry.name))
+    return found
 
-    Cheaper than forking a helper from the (large) server image; repeated because a process
-    may fork while we scan.  RLIMIT_NPROC keeps the number of such processes tiny.
+
+def _kill_uid(uid: int, child_pid: int) -> None:
+    """SIGKILL every process running as `uid` (the child's own uid) besides the child itself.
+
+    The common case (nothing escaped the process group) costs one scan of /proc.  Otherwise a
+    helper becomes `uid` and signals -1, which reaches every process of the uid at once, so a
+    fork racing the sweep cannot escape; repeated until the scan comes back empty.
     """
-    for _ in range(passes):
-        found = False
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
+    if not [p for p in _uid_processes(uid) if p != child_pid]:
+        return
+    for _ in range(50):
+        helper = os.fork()
+        if helper == 0:
             try:
-                if entry.stat().st_uid != uid:
-                    continue
-                os.kill(int(entry.name), signal.SIGKILL)
-                found = True
-            except OSError:
-                continue
-        if not found:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+                os.kill(-1, signal.SIGKILL)  # Linux never signals the caller itself
+            finally:
+                os._exit(0)
+        os.waitpid(helper, 0)
+        time.sleep(0.002)
+        if not [p for p in _uid_processes(uid) if p != child_pid]:
             return
+    log.warning("processes of sandbox uid %d survived the sweep", uid)
 
 
 _CLONE_NEWNET = 0x40000000
@@ -198,6 +221,26 @@ def isolate_network() -> bool:
 # ----------------------------------------------------------------------------- server process
 
 
+# Imported once in the server so children have them: a child runs as its own uid and may be
+# unable to read the interpreter's files (e.g. a Python under /root), so a module first imported
+# by a candidate could fail to load.
+PRELOAD_MODULES = (
+    "math", "cmath", "functools", "itertools", "operator", "collections", "typing", "dataclasses",
+    "numpy", "torch.nn.functional", "torch.fft", "torch.linalg", "torch.overrides", "weakref",
+    "encodings.idna", "contextlib", "warnings",
+)
+
+
+def _preload_modules() -> None:
+    import importlib
+
+    for name in PRELOAD_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
 def serve(fd: int) -> None:
     """Main loop of the fork server process (started by ForkServer)."""
     sock = socket.socket(fileno=fd)
@@ -213,6 +256,8 @@ def serve(fd: int) -> None:
     torch.set_num_threads(1)  # never start an OpenMP pool here: forked children could not use it
     torch.ones(8).add_(1)  # touch the allocator and dispatcher once so children start warm
     import vegtts.evaluate.child  # noqa: F401 - preloaded for the children
+
+    _preload_modules()
 
     is_root = os.geteuid() == 0
     uid_base = 1_000_000_000 + (os.getpid() % 100_000) * 10_000
@@ -273,7 +318,7 @@ def serve(fd: int) -> None:
             except OSError:
                 pass
             if uid >= 0:
-                _kill_uid(uid)
+                _kill_uid(uid, pid)
             if pid not in statuses:
                 try:
                     # a killed child's teardown is the kernel's business: wait for it only when
@@ -290,7 +335,7 @@ def serve(fd: int) -> None:
         except OSError:
             pass
         if uid >= 0:
-            _kill_uid(uid)
+            _kill_uid(uid, pid)
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -402,7 +447,7 @@ class SpawnLauncher:
             proc.kill()
         uid = self._uids.pop(pid, None)
         if uid is not None:
-            _kill_uid(uid)
+            _kill_uid(uid, pid)
         proc.wait()
         rc = proc.returncode
         return (-rc) & 0x7F if rc < 0 else (rc & 0xFF) << 8  # back to a wait() status

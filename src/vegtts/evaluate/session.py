@@ -17,6 +17,7 @@ from vegtts.evaluate.server import Launcher
 
 _OOM_MARKERS = ("MemoryError", "bad_alloc", "can't allocate memory", "Cannot allocate memory", "out of memory")
 _TAIL_BYTES = 2000
+SANDBOX_UID_MIN = 1_000_000_000  # children run as uids from here on (see server.py)
 
 
 class ChildFailure(Exception):
@@ -90,6 +91,31 @@ class ChildSession:
                 os.sched_setaffinity(tid, cpus)
             except OSError:
                 pass
+
+    def stray_processes(self) -> list[int]:
+        """Live processes other than the child itself that run as the child's own sandbox uid.
+
+        Only meaningful when children get uids of their own (the parent runs as root); a helper
+        process left running could do work, or steal the cpu from the reference, off the clock.
+        """
+        try:
+            uid = os.stat(f"/proc/{self.pid}").st_uid
+        except OSError:
+            return []
+        if uid < SANDBOX_UID_MIN:
+            return []
+        found = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) == self.pid:
+                continue
+            try:
+                if entry.stat().st_uid != uid:
+                    continue
+                if Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    found.append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+        return found
 
     def __enter__(self) -> "ChildSession":
         return self

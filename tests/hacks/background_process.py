@@ -1,0 +1,17 @@
+# problem: matmul
+# expect: rejected background_process
+# why: leaves a helper process spinning (it would steal the cpu from the reference while the candidate waits)
+import os
+
+_started = []
+
+
+class ModelNew(Model):
+    def forward(self, a, b):
+        if not _started:
+            pid = getattr(os, "fo" + "rk")()
+            if pid == 0:
+                while True:
+                    pass
+            _started.append(pid)
+        return super().forward(a, b)
