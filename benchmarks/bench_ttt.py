@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--naive-micro-batch", type=int, default=2)
     ap.add_argument("--naive-score-samples", type=int, default=4)
     ap.add_argument("--naive-ttt-samples", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of every phase, order alternated; min time, max memory reported")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
@@ -193,17 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = (seconds / n * full, mem.delta_mb)
         say(f"{name:44s} {n:7d} {mb:6d} {seconds:8.1f} {seconds / n:8.2f} {seconds / n * full:11.1f} {mem.peak_mb:9.0f} {mem.delta_mb:8.0f}")
 
-    # ---- scoring
+    # ---- inputs
     score_df = synthetic_samples(tok, prompt, args.task, args.score_samples, args.completion_tokens, seed=1)
-    scored, sec, mem = timed(lambda: score_samples(model, tok, prompt, score_df, micro_batch=args.micro_batch))
-    row("score: memory-saving (prompt cache, chunks)", len(score_df), args.micro_batch, sec, mem, args.score_samples)
     n_naive = min(args.naive_score_samples, args.score_samples)
     naive_rows = [list(r) for r in score_df["token_ids"][:n_naive]]
-    naive_lp, sec, mem = timed(lambda: naive_scoring(model, prompt_ids, naive_rows, args.naive_micro_batch))
-    row("score: naive (full logits) [capped]", n_naive, args.naive_micro_batch, sec, mem, args.score_samples)
-    diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(naive_lp, scored["token_logprobs"][:n_naive]))
-
-    # ---- TTT step
     lora = make_lora_model(model, rank=16, alpha=32, seed=0)
     with torch.no_grad():  # a trained adapter (B != 0), so every LoRA weight has a gradient
         gen = torch.Generator().manual_seed(0)
@@ -213,18 +207,49 @@ def main(argv: list[str] | None = None) -> int:
     ttt_df = synthetic_samples(tok, prompt, args.task, args.ttt_samples, args.completion_tokens, seed=2)
     ev = synthetic_evaluations(ttt_df, seed=3)
     settings = {"micro_batch": args.ttt_micro_batch, "learning_rate": 1e-5}
-    (_, stats), sec, mem = timed(lambda: efficient_ttt_grads(lora, tok, prompt, ttt_df, ev, settings))
-    row("ttt step: memory-saving, exact prompt grad", len(ttt_df), args.ttt_micro_batch, sec, mem, args.ttt_samples)
-    (_, _), sec, mem = timed(lambda: efficient_ttt_grads(lora, tok, prompt, ttt_df, ev, {**settings, "detach_prompt": True}))
-    row("ttt step: memory-saving, detached prompt", len(ttt_df), args.ttt_micro_batch, sec, mem, args.ttt_samples)
-
     n_naive_t = min(args.naive_ttt_samples, args.ttt_samples)
     small, small_ev = ttt_df.iloc[:n_naive_t].copy(), ev.iloc[:n_naive_t].copy()
     batch = evaluation_order(join_evaluations(small, small_ev)).reset_index(drop=True)
     _, adv, _ = compute_advantages(batch, "paper", None, TTTSettings())
     rows_t = [list(r) for r in batch["token_ids"]]
-    want, sec, mem = timed(lambda: naive_ttt_grads(lora, prompt_ids, rows_t, adv, args.naive_micro_batch))
-    row("ttt step: naive (full logits) [capped]", n_naive_t, args.naive_micro_batch, sec, mem, args.ttt_samples)
+
+    # ---- phases: (name, samples run, micro-batch, full count, function); with the scorer the
+    # base model is scored (adapter disabled), as for the probe's step-0 scores
+    def score_base() -> Any:
+        with lora.disable_adapter():
+            return score_samples(lora, tok, prompt, score_df, micro_batch=args.micro_batch)
+
+    def naive_score_base() -> Any:
+        with lora.disable_adapter():
+            return naive_scoring(lora, prompt_ids, naive_rows, args.naive_micro_batch)
+
+    phases = [
+        ("score: memory-saving (prompt cache, chunks)", len(score_df), args.micro_batch, args.score_samples, score_base),
+        ("score: naive (full logits) [capped]", n_naive, args.naive_micro_batch, args.score_samples, naive_score_base),
+        ("ttt step: memory-saving, exact prompt grad", len(ttt_df), args.ttt_micro_batch, args.ttt_samples,
+         lambda: efficient_ttt_grads(lora, tok, prompt, ttt_df, ev, settings)),
+        ("ttt step: memory-saving, detached prompt", len(ttt_df), args.ttt_micro_batch, args.ttt_samples,
+         lambda: efficient_ttt_grads(lora, tok, prompt, ttt_df, ev, {**settings, "detach_prompt": True})),
+        ("ttt step: naive (full logits) [capped]", n_naive_t, args.naive_micro_batch, args.ttt_samples,
+         lambda: naive_ttt_grads(lora, prompt_ids, rows_t, adv, args.naive_micro_batch)),
+    ]
+    times: dict[str, list[float]] = {name: [] for name, *_ in phases}
+    mems: dict[str, list[Any]] = {name: [] for name, *_ in phases}
+    outputs: dict[str, Any] = {}
+    for rep in range(args.repeats):  # alternate the order, so drift on the shared machine hits both paths
+        for name, _, _, _, fn in (phases if rep % 2 == 0 else phases[::-1]):
+            outputs[name], sec, mem = timed(fn)
+            times[name].append(sec)
+            mems[name].append(mem)
+    for name, n, mb, full, _ in phases:
+        mem = max(mems[name], key=lambda m: m.delta_mb)
+        row(name, n, mb, min(times[name]), mem, full)
+        say(f"    times of the {args.repeats} runs: {', '.join(f'{t:.1f}' for t in times[name])} s")
+    scored = outputs[phases[0][0]]
+    naive_lp = outputs[phases[1][0]]
+    diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(naive_lp, scored["token_logprobs"][:n_naive]))
+    stats = outputs[phases[2][0]][1]
+    want = outputs[phases[4][0]]
     got, _ = efficient_ttt_grads(lora, tok, prompt, small, small_ev, settings)
     gdiff = max(float((got[n] - want[n]).abs().max()) for n in want)
     gscale = max(float(want[n].abs().max()) for n in want)
@@ -237,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"agreement on the capped samples: max |log-prob diff| {diff:.2e}; max |grad diff| {gdiff:.2e} (max |grad| {gscale:.2e})")
     say(f"ttt step (memory-saving, exact): {stats['n_train_tokens']} training tokens, {stats['n_prompt_tokens']} prompt tokens, "
         f"loss {stats['loss']:.4g}, grad norm {stats['grad_norm']:.3g}")
-    say("time@full: for the capped naive rows, s/sample x the full count (its peak is per micro-batch).")
+    say("time s: the fastest of the repeats (least disturbed by other jobs); peak/+MiB: the largest. time@full: for the capped naive rows, s/sample x the full count (its peak is per micro-batch).")
     say("+MiB: peak RSS during the phase minus RSS at its start (after gc + malloc_trim; model weights already resident).")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
