@@ -464,3 +464,45 @@ def test_honest_solution_is_ok(task_id):
     assert rec.speedup_lo <= rec.speedup <= rec.speedup_hi
     if HONEST_SOLUTIONS[task_id]:
         assert rec.speedup_hi > 1.0, (rec.speedup, rec.speedup_lo, rec.speedup_hi)
+
+
+# ----------------------------------------------------------------------------- problem screening in the task loader
+
+CONSTANT_PROBLEM = '''
+import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def forward(self, x, y):
+        return torch.zeros_like(x) + y.mean() * 0  # constant, and ignores both inputs
+
+
+def get_inputs():
+    return [torch.randn(64, 64), torch.randn(64, 64)]
+
+
+def get_init_inputs():
+    return []
+'''
+
+
+def test_resolve_tasks_records_validation_findings(tmp_path, caplog):
+    from vegtts.tasks import read_tasks_json, resolve_tasks_to_json
+
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "const_zero.py").write_text(CONSTANT_PROBLEM)
+    (suite / "scale.py").write_text(PROBLEMS["scale"])
+    out = tmp_path / "tasks.json"
+    with caplog.at_level("WARNING"):
+        specs = resolve_tasks_to_json({"suite": "dir", "path": str(suite)}, out)
+    entries = {t["task_id"]: t for t in json.loads(out.read_text())["tasks"]}
+    findings = entries["const_zero"]["validation"]
+    assert any(f.startswith("constant_output") for f in findings), findings
+    assert any(f.startswith("tiny_output") for f in findings), findings
+    assert not [f for f in entries["scale"]["validation"] if not f.startswith("timing")]
+    assert "const_zero" in caplog.text
+    assert list(read_tasks_json(out)) == [s.task_id for s in specs]  # the extra key does not break reading
+    resolve_tasks_to_json({"suite": "dir", "path": str(suite)}, out, validate=False)
+    assert all("validation" not in t for t in json.loads(out.read_text())["tasks"])

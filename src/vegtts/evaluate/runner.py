@@ -14,6 +14,7 @@ import math
 import os
 import random
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from vegtts.evaluate.session import ChildFailure, ChildSession, encode_request
 from vegtts.evaluate.settings import EvalSettings
 from vegtts.evaluate.stats import TimingStats, speedup_stats
 from vegtts.io import hardware_key, sha256_text
+from vegtts.tasks import runtime as task_runtime
 from vegtts.records import EvalRecord, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -55,25 +57,24 @@ def derive_seed(root: int, *labels: Any) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
+def _seed_python_rngs(seed: int) -> None:
+    """Python's and numpy's RNGs too (tasks.runtime seeds torch's), for get_inputs that use them."""
     random.seed(seed)
     np.random.seed(seed)
 
 
-def load_reference_namespace(source: str) -> dict[str, Any]:
-    """Exec the trusted reference source (never a candidate) into a fresh namespace."""
-    namespace: dict[str, Any] = {"__name__": "__vegtts_reference__"}
-    exec(compile(source, "<reference>", "exec"), namespace)  # noqa: S102 - trusted task source
+def load_reference(spec: TaskSpec) -> types.ModuleType:
+    """The trusted reference source (never a candidate) as a fresh module, via the task loader."""
+    module = task_runtime.load_reference_module(spec)
     for name in ("Model", "get_inputs", "get_init_inputs"):
-        if name not in namespace:
-            raise ReferenceError_(f"the task source defines no {name}")
-    return namespace
+        if not hasattr(module, name):
+            raise ReferenceError_(f"task {spec.task_id}: the task source defines no {name}")
+    return module
 
 
-def make_inputs(namespace: dict[str, Any], seed: int) -> list[Any]:
-    _seed_everything(seed)
-    return list(namespace["get_inputs"]())
+def make_inputs(module: types.ModuleType, seed: int) -> list[Any]:
+    _seed_python_rngs(seed)
+    return task_runtime.make_inputs(module, seed)
 
 
 def _clone(obj: Any) -> Any:
@@ -120,7 +121,7 @@ class ReferenceContext:
 
     spec: TaskSpec
     settings: EvalSettings
-    namespace: dict[str, Any]
+    module: types.ModuleType
     init_inputs: list[Any]
     init_seed: int
     state: dict[str, torch.Tensor]
@@ -166,18 +167,21 @@ class ReferenceContext:
 
     @classmethod
     def build(cls, spec: TaskSpec, settings: EvalSettings) -> "ReferenceContext":
-        namespace = load_reference_namespace(spec.source)
+        module = load_reference(spec)
         init_seed = derive_seed(settings.seed, "init")
-        _seed_everything(init_seed)
-        init_inputs = list(namespace["get_init_inputs"]())
+        _seed_python_rngs(init_seed)
+        init_inputs = task_runtime.make_init_inputs(module, init_seed)
         with _torch_threads(settings.threads), torch.no_grad():
-            _seed_everything(init_seed)
-            model = namespace["Model"](*init_inputs)
+            # not task_runtime.make_model: that one switches to eval mode, while the children (and
+            # KernelBench) run the module as constructed (train mode, e.g. batch-norm statistics)
+            _seed_python_rngs(init_seed)
+            torch.manual_seed(init_seed)
+            model = module.Model(*init_inputs)
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             trials, previous = [], []
             mutates = False
             for t in range(settings.correctness_trials):
-                inputs = make_inputs(namespace, derive_seed(settings.seed, "correctness", t))
+                inputs = make_inputs(module, derive_seed(settings.seed, "correctness", t))
                 working = _clone(inputs)
                 try:
                     output = model(*working)
@@ -189,14 +193,14 @@ class ReferenceContext:
                 output = _clone(output)
                 payload = encode_request({"op": "forward", "inputs": inputs})
                 trials.append(Trial(inputs, output, flags, payload))
-        ctx = cls(spec, settings, namespace, init_inputs, init_seed, state, trials)
+        ctx = cls(spec, settings, module, init_inputs, init_seed, state, trials)
         if not mutates:  # pooled inputs are read-only pages; a mutating reference gets socket copies
             ctx.pool = ctx._build_pool()
         return ctx
 
     def _timing_batch(self, round_idx: int) -> list[list[Any]]:
         n = self.settings.warmup_calls if round_idx < 0 else self.settings.calls_per_round
-        return [make_inputs(self.namespace, derive_seed(self.settings.seed, "timing", round_idx, c)) for c in range(n)]
+        return [make_inputs(self.module, derive_seed(self.settings.seed, "timing", round_idx, c)) for c in range(n)]
 
     def _build_pool(self) -> InputPool | None:
         rounds = ([-1] if self.settings.warmup_calls > 0 else []) + list(range(self.settings.timing_rounds))

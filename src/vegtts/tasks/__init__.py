@@ -29,7 +29,7 @@ from vegtts.tasks.runtime import (
     make_model,
     solution_program,
 )
-from vegtts.tasks.validate import validate_suite, validate_task
+from vegtts.tasks.validate import screen_tasks, validate_suite, validate_task
 
 __all__ = [
     "BUILTIN_DIR",
@@ -46,20 +46,34 @@ __all__ = [
     "parse_problem_source",
     "read_tasks_json",
     "resolve_tasks_to_json",
+    "screen_tasks",
     "solution_program",
     "validate_suite",
     "validate_task",
 ]
 
 
-def resolve_tasks_to_json(suite_cfg: dict[str, Any], out_path: str | Path) -> list[TaskSpec]:
-    """Resolve `suite_cfg` and write {"tasks": [...], "provenance": {...}} atomically."""
+def resolve_tasks_to_json(suite_cfg: dict[str, Any], out_path: str | Path, validate: bool = True) -> list[TaskSpec]:
+    """Resolve `suite_cfg` and write {"tasks": [...], "provenance": {...}} atomically.
+
+    With `validate`, every problem is screened first (validate.screen_tasks: constant or tiny
+    outputs, ignored inputs, nondeterminism, ...); each task's findings go into its `validation`
+    list ([] = fine) and a warning is logged per degenerate problem.  Problems are reported, not
+    dropped: the experiment decides what to do with them.
+    """
     specs = load_tasks(suite_cfg)
+    findings = screen_tasks(specs) if validate else {}
+    tasks = []
+    for spec in specs:
+        entry = spec.to_dict()
+        if validate:
+            entry["validation"] = findings.get(spec.task_id, [])
+        tasks.append(entry)
     write_json(
         out_path,
         {
-            "tasks": [spec.to_dict() for spec in specs],
-            "provenance": provenance(suite_cfg=dict(suite_cfg), tasks_code=code_fingerprint("tasks")),
+            "tasks": tasks,
+            "provenance": provenance(suite_cfg=dict(suite_cfg), tasks_code=code_fingerprint("tasks"), validated=validate),
         },
     )
     return specs

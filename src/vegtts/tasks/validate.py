@@ -209,3 +209,16 @@ def validate_suite(specs: Iterable[TaskSpec], **kwargs: Any) -> dict[str, list[s
 
     specs = list(specs)
     return {spec.task_id: validate_task(spec, **kwargs) for spec in tqdm(specs, desc="validate tasks", unit="task")}
+
+
+def screen_tasks(specs: Iterable[TaskSpec], **kwargs: Any) -> dict[str, list[str]]:
+    """Screen a suite before it is used: findings per task id ([] = fine), one warning per problem.
+
+    This is the loader's screening step (resolve_tasks_to_json records it in tasks.json);
+    validate_task logs each finding, and a summary names the degenerate problems.
+    """
+    findings = validate_suite(specs, **kwargs)
+    flagged = sorted(task_id for task_id, found in findings.items() if found)
+    if flagged:
+        log.warning("%d of %d task(s) have validation findings (recorded in tasks.json): %s", len(flagged), len(findings), ", ".join(flagged))
+    return findings
