@@ -270,7 +270,6 @@ def _write_step_inputs(tmp_path, tag):
     return sp, ep
 
 
-@pytest.mark.slow  # three TTT steps on the tiny model: ~80 s on a busy 2-core machine
 def test_run_ttt_update_chains_steps_and_is_deterministic(tmp_path):
     from vegtts.ttt import run_ttt_update
 
