@@ -1,8 +1,18 @@
 """Evaluator benchmark: per-candidate overhead (fork server vs fresh interpreter), throughput,
 and an A/A run (the reference against itself) for the false-positive rate of fast_1 / fast_1_sig.
 
-    PYTHONPATH=src python benchmarks/bench_evaluator.py [--aa 30] [--throughput 64] [--overhead 6]
+    PYTHONPATH=src python benchmarks/bench_evaluator.py [--aa 60] [--throughput 64] [--overhead 8]
 
+Definitions
+  timed work of a candidate: the forward calls the evaluation exists for, at their measured
+      per-call medians: (warmup_calls + timing_rounds * calls_per_round) * (ref + cand) for the
+      timing, plus correctness_trials * cand for the correctness trials.  (The reference outputs
+      of the correctness trials are computed once per task, not per candidate.)
+  overhead of a candidate: its evaluation wall time minus its timed work: process start or fork,
+      setup (exec, weights), transfers, comparisons, requests, cleanup.  Measured with
+      max_parallel=1 on a task whose reference context already exists (it is built once per task),
+      so candidates do not overlap; reported as the median over candidates and as
+      (wall time of the batch / candidates) - mean timed work.
 Every ratio is measured in this one run; the machine may be shared, so read medians.
 """
 
@@ -12,6 +22,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import statistics
 import time
 
@@ -82,47 +93,56 @@ def programs(spec: TaskSpec, template: str, n: int, offset: int = 0) -> list[tup
 
 
 def timed_work_s(rec, s: EvalSettings) -> float:
-    """Forward calls the evaluator has to make anyway: timed rounds + warm-up, both sides."""
+    """The forward calls of one correct candidate's evaluation (see the module docstring)."""
     if not rec.correct:
         return 0.0
-    calls = s.timing_rounds * s.calls_per_round + s.warmup_calls
-    return calls * (rec.ref_time_ms + rec.cand_time_ms) / 1000
+    timing_calls = s.warmup_calls + s.timing_rounds * s.calls_per_round
+    return (timing_calls * (rec.ref_time_ms + rec.cand_time_ms) + s.correctness_trials * rec.cand_time_ms) / 1000
 
 
 def overhead(spec: TaskSpec, s: EvalSettings, n: int) -> dict[str, float]:
-    out = {}
+    s = EvalSettings.from_dict({**s.to_dict(), "max_parallel": 1})
+    out: dict[str, float] = {}
     for name, launcher in (("fork_server", shared_fork_server()), ("fresh_interpreter", SpawnLauncher())):
         evaluate_task(spec, programs(spec, HONEST, 1, offset=10_000 + len(out)), s, launcher=launcher)  # warm
+        t0 = time.monotonic()
         recs = evaluate_task(spec, programs(spec, HONEST, n, offset=1000 * (len(out) + 1)), s, launcher=launcher)
-        per = [r.eval_seconds - timed_work_s(r, s) for r in recs]
-        out[name] = statistics.median(per)
+        wall = time.monotonic() - t0
+        timed = [timed_work_s(r, s) for r in recs]
+        out[name] = statistics.median(r.eval_seconds - t for r, t in zip(recs, timed))
+        out[name + "_wall"] = wall / n - statistics.mean(timed)
         out[name + "_eval_s"] = statistics.median(r.eval_seconds for r in recs)
+        out[name + "_timed_s"] = statistics.median(timed)
+        if isinstance(launcher, SpawnLauncher):
+            launcher.close()
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target-ms", type=float, default=5.0, help="reference forward time to calibrate for")
-    ap.add_argument("--aa", type=int, default=30, help="A/A candidates (the reference against itself)")
+    ap.add_argument("--aa", type=int, default=60, help="A/A candidates (the reference against itself)")
     ap.add_argument("--throughput", type=int, default=64, help="candidates in the throughput task")
-    ap.add_argument("--overhead", type=int, default=6, help="candidates per launcher in the overhead comparison")
+    ap.add_argument("--overhead", type=int, default=8, help="candidates per launcher in the overhead comparison")
     ap.add_argument("--settings", default="{}", help="JSON of EvalSettings overrides (default: the defaults)")
     ap.add_argument("--aa-only", action="store_true", help="run only the A/A part")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     s = EvalSettings.from_dict(json.loads(args.settings))
     spec = calibrated_spec(args.target_ms)
-    print(f"machine: {hardware_fingerprint()}")
+    print(f"machine: {hardware_fingerprint()}; load average {os.getloadavg()}")
     print(f"settings: {s.to_dict()}")
     print(f"task: {spec.name} (calibrated for a {args.target_ms} ms reference)")
 
     if args.aa_only:
         return aa_run(spec, s, args.aa)
     oh = overhead(spec, s, args.overhead)
-    print("\n== per-candidate overhead (evaluation wall time minus timed forward calls), median ==")
-    print(f"fork server:        {oh['fork_server']:.3f} s   (whole evaluation {oh['fork_server_eval_s']:.3f} s)")
-    print(f"fresh interpreter:  {oh['fresh_interpreter']:.3f} s   (whole evaluation {oh['fresh_interpreter_eval_s']:.3f} s)")
-    print(f"ratio fresh/fork:   {oh['fresh_interpreter'] / oh['fork_server']:.1f}x")
+    print(f"\n== per-candidate overhead (evaluation wall time minus timed work), {args.overhead} honest candidates each ==")
+    for name, label in (("fork_server", "fork server"), ("fresh_interpreter", "fresh interpreter")):
+        print(f"{label + ':':19s} median {oh[name] * 1000:8.1f} ms; from batch wall {oh[name + '_wall'] * 1000:8.1f} ms   "
+              f"(evaluation {oh[name + '_eval_s']:.3f} s, timed work {oh[name + '_timed_s']:.3f} s)")
+    print(f"ratio fresh/fork:   {oh['fresh_interpreter'] / oh['fork_server']:.1f}x (median), "
+          f"{oh['fresh_interpreter_wall'] / oh['fork_server_wall']:.1f}x (batch wall)")
 
     n = args.throughput
     mix = (programs(spec, HONEST, n // 4, 20_000) + programs(spec, FAST, n // 4, 20_000)
@@ -156,6 +176,9 @@ def aa_run(spec: TaskSpec, s: EvalSettings, n: int) -> None:
     print(f"interval covers 1: {np.mean([r.speedup_lo <= 1 <= r.speedup_hi for r in aa if r.correct]):.3f}; "
           f"median interval width {statistics.median(r.speedup_hi - r.speedup_lo for r in aa if r.correct):.3f}")
     print(f"median evaluation time per A/A candidate: {statistics.median(r.eval_seconds for r in aa):.3f} s")
+    flagged = [r.status for r in aa if r.status != "ok"]
+    if flagged:
+        print(f"A/A candidates not ok (false rejections): {len(flagged)}: {sorted(set(flagged))}")
     if not math.isfinite(float(log_sp.std())):
         raise SystemExit("A/A produced no finite speedups")
 

@@ -113,6 +113,16 @@ def sandbox_processes() -> list[int]:
     return pids
 
 
+def no_sandbox_process_left(grace_s: float = 5.0) -> bool:
+    """Killed children may take a moment to exit (big address spaces on a loaded machine)."""
+    end = time.monotonic() + grace_s
+    while sandbox_processes():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 HONEST = "class ModelNew(Model):\n    def forward(self, x):\n        return super().forward(x)"
 
 
@@ -341,8 +351,7 @@ def test_hack_corpus(path, tmp_path):
     if forbidden:
         assert "permission denied" in rec.error.lower(), rec.error
     assert time.monotonic() - before < 90
-    time.sleep(0.2)
-    assert sandbox_processes() == [], "a sandboxed process outlived its evaluation"
+    assert no_sandbox_process_left(), "a sandboxed process outlived its evaluation"
 
 
 def test_a_crash_does_not_stop_the_others():

@@ -59,6 +59,8 @@ def _compare_tensors(ref: torch.Tensor, out: Any, atol: float, rtol: float, wher
         return Comparison(False, math.inf, math.inf, f"{where}: {wrong} of {ref.numel()} elements differ")
     if ref.numel() == 0:
         return Comparison(True)
+    if torch.equal(out, ref):  # bit-identical (the common honest case): one pass instead of a dozen
+        return Comparison(True)
     atol, rtol = tolerances(ref.dtype, atol, rtol)
     work = torch.float64 if ref.dtype == torch.float64 else torch.float32
     r = ref if ref.is_complex() else ref.to(work)
@@ -126,6 +128,8 @@ def same_values(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
         if type(b) is not torch.Tensor or a.shape != b.shape or a.dtype != b.dtype:
             return False
+        if torch.equal(a, b):
+            return True
         if a.is_floating_point() or a.is_complex():
             return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
         return torch.equal(a, b)

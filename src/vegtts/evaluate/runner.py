@@ -179,6 +179,7 @@ class ReferenceContext:
             model = module.Model(*init_inputs)
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             trials, previous = [], []
+            kept: list[Any] = []  # alive until all trials ran, as in the child: no address is reused
             mutates = False
             for t in range(settings.correctness_trials):
                 inputs = make_inputs(module, derive_seed(settings.seed, "correctness", t))
@@ -190,6 +191,7 @@ class ReferenceContext:
                 mutates = mutates or not same_values(working, inputs)
                 flags = aliasing(working, output, previous)
                 previous.extend(t_.untyped_storage().data_ptr() for t_ in _flat_tensors(output))
+                kept.append(output)
                 output = _clone(output)
                 payload = encode_request({"op": "forward", "inputs": inputs})
                 trials.append(Trial(inputs, output, flags, payload))

@@ -440,7 +440,9 @@ class SpawnLauncher:
         return proc.pid, ours
 
     def finish(self, pid: int, wait: bool = True) -> int:
-        proc = self._procs.pop(pid)
+        proc = self._procs.pop(pid, None)
+        if proc is None:
+            return -1  # already finished (close() ends every child)
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
