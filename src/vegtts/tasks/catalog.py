@@ -31,27 +31,27 @@ DEFAULT_RTOL = 1e-4
 KERNELBENCH_ATOL = 1e-2
 KERNELBENCH_RTOL = 1e-2
 
-# Builtin problems the default experiment uses: one-line naive references where copying the line
-# is correct (but not faster) and a shorter or one-call rewrite is >= 1.5x faster on one CPU
-# thread, so a small model produces both correct-slow and correct-fast samples.  Probed with
-# Gemma 3 270M base (5-shot body prompt, temperature 0.5, 8-12 samples): it copies short lines
-# (relu_where: 6/12 exact copies) but mangles long ones (clamp_minmax: 0/8) and drops factors
-# (silu_mul: "return torch.sigmoid(x)"), so the "dead-work" problems (an unused statistic before
-# the return: copying only the last line is correct and faster, copying all is correct and not)
-# and the "redundant" ones (dropping a wasted op is correct and faster) come first.
+# Builtin problems the default experiment uses, chosen by sampling Gemma 3 270M base (5-shot body
+# prompt, temperature 0.5, K=8; benchmarks/results/default_choice.md).  The model copies the last
+# line of a short reference, sometimes collapses or extends a nesting of an idempotent op, and
+# often answers with the last few-shot idiom.  So the mix leads with idempotent ops applied three
+# times (copies are correct at 1x, collapsed calls correct at ~3x, extra nesting correct but slower)
+# and "dead-work" references (an unused statistic before the return: copying the last line is
+# correct and faster), then one-line naive references the model copies.  Harder problems
+# (sigmoid_exp, silu_mul, layernorm_manual, ...) stay in the suite but got no correct samples.
 DEFAULT_TASK_IDS: list[str] = [
+    "abs_thrice",
+    "trunc_thrice",
+    "sign_thrice",
+    "relu_thrice",
+    "round_thrice",
+    "ceil_thrice",
     "dead_center_relu",
     "dead_scale_abs",
-    "dead_cumsum_sigmoid",
     "dead_softmax_tanh",
     "relu_twice",
-    "abs_neg",
-    "sqrt_square",
-    "sigmoid_clone",
     "relu_where",
-    "abs_where",
     "leaky_relu_where",
-    "sigmoid_exp",
 ]
 
 _ID_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
