@@ -256,19 +256,6 @@ def _exec_guarding_reference(state: ChildState, source: str, reference: str, fil
     return namespace
 
 
-def _prefault_heap(nbytes: int) -> None:
-    """Touch, then free, a block as large as the forward's working set.
-
-    Children never give memory back (server.steady_malloc), so the forward's tensors later land
-    on pages that are already mapped: a fresh child then runs as fast as one that has run many
-    calls, instead of paying first-touch page faults for a varying number of early calls.
-    """
-    if nbytes > 0:
-        block = torch.empty(nbytes, dtype=torch.uint8)
-        block.fill_(1)
-        del block
-
-
 def _build(state: ChildState, msg: dict[str, Any]) -> None:
     role = msg["role"]
     filename = "<reference>" if role == "ref" else "<candidate>"
@@ -289,7 +276,6 @@ def _build(state: ChildState, msg: dict[str, Any]) -> None:
             raise TypeError(f"{cls_name} is not a torch.nn.Module")
         model.load_state_dict(msg["state"], strict=True)
     state.model = model
-    _prefault_heap(int(msg.get("prefault_bytes", 0)))
     for guard in (guard_reference_called, guard_patched_functions, guard_torch_modes):
         reason = guard(state, [], None)
         if reason:

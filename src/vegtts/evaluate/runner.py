@@ -130,10 +130,37 @@ class ReferenceContext:
     _payload_bytes: int = 0
     pool: InputPool | None = None
     _check_payloads: dict[tuple[int, bool], Encoded] = field(default_factory=dict)
+    _ref_child: ChildSession | None = None
+    _ref_launcher: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reference_child(self, launcher: Launcher) -> ChildSession:
+        """The task's reference timing child: set up once and reused for every candidate.
+
+        It only ever runs the trusted task source, so reuse cannot leak candidate state; it is
+        replaced when it died or the launcher changed.
+        """
+        with self._lock:
+            child = self._ref_child
+            if child is not None and child.alive() and self._ref_launcher is launcher:
+                return child
+            if child is not None:
+                child.close()
+            timing_cpus, _ = cpu_split(self.settings.threads)
+            child = _session(launcher, self.settings, timing_cpus, 2 * self.settings.timeout_s + 30, extra_mb=self.extra_mb())
+            try:
+                _on_ref(self.spec, child.request, self.setup_request("ref", self.spec.source))
+            except BaseException:
+                child.close()
+                raise
+            self._ref_child, self._ref_launcher = child, launcher
+            return child
 
     def close(self) -> None:
         with self._lock:
+            if self._ref_child is not None:
+                self._ref_child.close()
+                self._ref_child = None
             if self.pool is not None:
                 self.pool.close()
                 self.pool = None
@@ -197,12 +224,6 @@ class ReferenceContext:
             return child.timed_request(self.pool.load_request(round_idx), self.pool.fd_sender(side, round_idx))[1]
         return child.timed_request(self.batch_request(round_idx))[1]
 
-    @property
-    def prefault_bytes(self) -> int:
-        """Heap to pre-touch in every child: 16x one call's inputs (64 MiB to 1 GiB)."""
-        per_call = sum(t.numel() * t.element_size() for t in _flat_tensors(self.trials[0].inputs)) if self.trials else 0
-        return int(min(1 << 30, max(64 << 20, 16 * per_call)))
-
     def extra_mb(self) -> int:
         """Address space a timing child needs for mapped inputs (two rounds at a time)."""
         return 0 if self.pool is None else 2 * (self.pool.round_bytes >> 20) + 2
@@ -248,7 +269,6 @@ class ReferenceContext:
                 "init_seed": self.init_seed,
                 "state": self.state,
                 "threads": self.settings.threads,
-                "prefault_bytes": self.prefault_bytes,
                 # the child traps Model.forward between the reference part and the candidate's code
                 "trap_reference": "" if role == "ref" or self.settings.allow_reference_calls else self.spec.source,
             }
@@ -422,13 +442,8 @@ def untimed_work_reason(ref_untimed: list[int], cand_untimed: list[int], ref_bat
     return None
 
 
-def time_fresh_pair(ctx: ReferenceContext, program: str, launcher: Launcher) -> Verdict:
-    """Set up a fresh reference child and a fresh candidate child on the timing cpus and time them.
-
-    Both children are new, so they have the same history (fork, setup, warm-up) when the clock
-    runs.  A reference child kept across candidates was measurably faster than a fresh candidate
-    child running the very same code (A/A log-speedup -0.10 on a 2-cpu VM), so it is not reused.
-    """
+def _retime_fresh(ctx: ReferenceContext, program: str, launcher: Launcher) -> Verdict:
+    """Time again with a fresh reference child and a fresh candidate child (excessive speedups)."""
     settings, spec = ctx.settings, ctx.spec
     timing_cpus, _ = cpu_split(settings.threads)
     extra = ctx.extra_mb()
@@ -437,16 +452,16 @@ def time_fresh_pair(ctx: ReferenceContext, program: str, launcher: Launcher) -> 
         try:
             cand.request(ctx.setup_request("cand", program))
         except ChildFailure as f:
-            return Verdict(f.status, f"during timing setup: {f.error}", f.guard)
-        verdict = time_candidate(ctx, ref, cand)
-        return _no_strays(verdict, cand) if not cand._closed else verdict
+            return Verdict(f.status, f"during re-timing: {f.error}", f.guard)
+        return time_candidate(ctx, ref, cand)
 
 
-def _time_and_retime(ctx: ReferenceContext, program: str, launcher: Launcher, verdict: Verdict) -> Verdict:
-    timed = time_fresh_pair(ctx, program, launcher)
+def _time_and_retime(ctx: ReferenceContext, cand: ChildSession, program: str, launcher: Launcher, verdict: Verdict) -> Verdict:
+    timed = time_candidate(ctx, ctx.reference_child(launcher), cand)
     if timed.status == "ok" and timed.timing is not None and timed.timing.speedup > ctx.settings.excessive_speedup:
         first = timed.timing.speedup
-        retimed = time_fresh_pair(ctx, program, launcher)
+        cand.close()
+        retimed = _retime_fresh(ctx, program, launcher)
         flags = ["excessive_speedup_retimed"]
         if retimed.status == "ok" and retimed.timing is not None:
             log.warning("task %s: speedup %.1fx re-timed in fresh children: %.1fx", ctx.spec.task_id, first, retimed.timing.speedup)
@@ -473,25 +488,26 @@ def _no_strays(verdict: Verdict, child: ChildSession) -> Verdict:
 
 
 def evaluate_candidate(ctx: ReferenceContext, program: str, launcher: Launcher) -> Verdict:
-    """Correctness in a child on the non-timing cpus; then, under the machine's timing lock,
-    timing in a fresh reference/candidate pair on the timing cpus.
+    """One child for correctness (on the non-timing cpus) and then timing (under the machine lock).
 
     `seconds` counts the candidate's own phases, not the wait for the timing lock.
     """
     settings = ctx.settings
-    _, correctness_cpus = cpu_split(settings.threads)
+    timing_cpus, correctness_cpus = cpu_split(settings.threads)
     t0 = time.monotonic()
-    with _session(launcher, settings, correctness_cpus) as child:
-        verdict = _no_strays(check_correctness(ctx, child, program), child)
-    verdict.seconds = time.monotonic() - t0
-    if verdict.status != "ok":
-        return verdict
-    with timing_lock():
-        t1 = time.monotonic()
-        try:
-            verdict = _time_and_retime(ctx, program, launcher, verdict)
-        finally:
-            verdict.seconds += time.monotonic() - t1
+    with _session(launcher, settings, correctness_cpus, phases=2, extra_mb=ctx.extra_mb()) as cand:
+        verdict = _no_strays(check_correctness(ctx, cand, program), cand)
+        verdict.seconds = time.monotonic() - t0
+        if verdict.status != "ok":
+            return verdict
+        with timing_lock():
+            t1 = time.monotonic()
+            try:
+                verdict = _time_and_retime(ctx, cand, program, launcher, verdict)
+                if not cand._closed:
+                    verdict = _no_strays(verdict, cand)
+            finally:
+                verdict.seconds += time.monotonic() - t1
     return verdict
 
 
@@ -546,6 +562,11 @@ def _reference_context(spec: TaskSpec, settings: EvalSettings) -> ReferenceConte
         _last_context.clear()
         _last_context[key] = ReferenceContext.build(spec, settings)
     return _last_context[key]
+
+
+def reference_child_pids() -> set[int]:
+    """Pids of the live reference children kept for the last task (they outlive evaluate_task)."""
+    return {c._ref_child.pid for c in _last_context.values() if c._ref_child is not None and c._ref_child.alive()}
 
 
 @atexit.register
