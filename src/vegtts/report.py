@@ -202,13 +202,14 @@ def comparison_sentences(comp: pd.DataFrame, policy: str, variant: str, n_tasks:
         if disc:
             s += (f", {int(r['a_wins'])} of {disc} discordant units favour the first (sign test one-sided "
                   f"p = {_p(r['sign_test_p_one_sided'])}, McNemar p = {_p(r['mcnemar_exact_p'])})")
-        if np.isfinite(r.get("geomean_ratio_lo", math.nan)):
-            s += (f"; geometric-mean speedup ratio {r['geomean_ratio']:.2f}× "
-                  f"[{r['geomean_ratio_lo']:.2f}, {r['geomean_ratio_hi']:.2f}]")
         if has_ci:
             excludes = r["diff_lo"] > 0 or r["diff_hi"] < 0
-            s += (" &mdash; <b>significant</b> (CI excludes 0)" if excludes
-                  else f" &mdash; not significant at n = {n_tasks} tasks")
+            s += (" &mdash; task-success difference <b>significant</b> (CI excludes 0)" if excludes
+                  else f" &mdash; task-success difference not significant at n = {n_tasks} tasks")
+        if np.isfinite(r.get("geomean_ratio_lo", math.nan)):
+            lo, hi = r["geomean_ratio_lo"], r["geomean_ratio_hi"]
+            s += (f"; geometric-mean speedup ratio {r['geomean_ratio']:.2f}× [{lo:.2f}, {hi:.2f}]"
+                  + (" (<b>CI excludes 1</b>)" if lo > 1 or hi < 1 else " (CI includes 1)"))
         out.append(s)
     return out
 
