@@ -23,6 +23,7 @@ from vegtts.evaluate import EvalSettings, evaluate_samples_file, evaluate_task
 from vegtts.evaluate.compare import compare_outputs, same_values
 from vegtts.evaluate.guards import static_check
 from vegtts.evaluate.server import shared_fork_server
+from vegtts.tasks import load_tasks
 from vegtts.evaluate.stats import speedup_stats
 from vegtts.io import read_parquet_metadata, sha256_text
 from vegtts.records import STATUSES, TaskSpec
@@ -203,7 +204,10 @@ class ModelNew(nn.Module):
 
 def test_faster_rewrite_has_an_interval_above_one():
     settings = EvalSettings(correctness_trials=2, timing_rounds=9, calls_per_round=3, warmup_calls=1, bootstrap=500, timeout_s=60)
-    rec = run_one("softmax", "class ModelNew(Model):\n    def forward(self, x):\n        return torch.softmax(x, dim=-1)", settings)
+    # relu_thrice: one call instead of three, ~3x, so timing noise on a shared machine cannot hide it
+    spec = next(iter(load_tasks({"suite": "builtin", "ids": ["relu_thrice"]})))
+    prog = spec.source + "\n\nclass ModelNew(Model):\n    def forward(self, x):\n        return torch.relu(x)\n"
+    (rec,) = evaluate_task(spec, [(sha256_text(prog), prog)], settings, None)
     assert rec.status == "ok", rec.error
     assert rec.speedup_lo > 1.0, (rec.speedup, rec.speedup_lo, rec.speedup_hi)
 

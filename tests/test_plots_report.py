@@ -143,3 +143,19 @@ def test_compare_experiments_side_by_side(analysed: Path, tmp_path: Path):
     assert "Selection rules (primary variant)" in text and "<td>oracle</td>" in text
     with pytest.raises(ValueError):
         compare_experiments(exps[:1], tmp_path / "x.html")
+
+
+def test_every_figure_exists_even_without_correct_samples(tmp_path: Path):
+    """An experiment where nothing is correct still gets every declared figure (placeholders say why)."""
+    from vegtts.plots import FIGURE_NAMES
+
+    samples, evals = synthetic_records(n_tasks=2, n_samples=4, seeds=(0,), seed=3)
+    evals["correct"] = False
+    evals["status"] = "incorrect"
+    for col in ("speedup", "speedup_lo", "speedup_hi"):
+        evals[col] = 0.0
+    samples.to_parquet(tmp_path / "samples.parquet")
+    evals.to_parquet(tmp_path / "evals.parquet")
+    run_analysis([tmp_path / "samples.parquet"], [tmp_path / "evals.parquet"], {"bootstrap": 100}, {}, tmp_path / "t")
+    names = {p.name for p in make_figures(tmp_path / "t", tmp_path / "f")}
+    assert names == {f"{n}.{ext}" for n in FIGURE_NAMES for ext in ("png", "pdf")}

@@ -178,6 +178,15 @@ def selection_figure(selection: pd.DataFrame, policy: str, variant: str) -> plt.
     return fig
 
 
+def placeholder_figure(title: str, reason: str) -> plt.Figure:
+    """A figure that says why there is nothing to draw, so every declared figure exists."""
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, f"Nothing to draw: {reason}.", ha="center", va="center", wrap=True)
+    return fig
+
+
 def _optional_table(tables_dir: Path, name: str) -> pd.DataFrame | None:
     path = tables_dir / TABLE_FILES[name]
     if not path.exists():
@@ -364,8 +373,9 @@ def rule_wins_figure(per_unit: pd.DataFrame, policy: str, variant: str) -> plt.F
 def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Write every figure in FIGURE_NAMES as .png and .pdf from the CSV tables; return their paths.
 
-    scaling and selection need only selection.csv and scaling.csv; the others are skipped (with a
-    warning) when their table is missing, so older analysis outputs still draw.
+    scaling and selection need only selection.csv and scaling.csv; when another figure's table is
+    missing or empty (e.g. no correct samples), a placeholder saying so is written in its place, so
+    every declared figure exists.
     """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     selection, header = read_table(tables_dir / TABLE_FILES["selection"])
@@ -378,13 +388,22 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
         written += _save(teaser_figure(scaling, selection, policy, variant), out_dir, "teaser")
         quartiles = _optional_table(tables_dir, "surprisal_quartiles")
         if quartiles is not None and not quartiles.empty:
-            written += _save(quartiles_figure(quartiles, policy, variant), out_dir, "surprisal_quartiles")
+            fig = quartiles_figure(quartiles, policy, variant)
+        else:
+            fig = placeholder_figure("Surprisal quartiles", "no correct samples with log-probs to split into quartiles")
+        written += _save(fig, out_dir, "surprisal_quartiles")
         correct = _optional_table(tables_dir, "correct_samples")
         corr = _optional_table(tables_dir, "correlations")
         if correct is not None and corr is not None and not correct.empty:
-            written += _save(length_speedup_figure(correct, corr, policy, variant), out_dir, "length_speedup")
+            fig = length_speedup_figure(correct, corr, policy, variant)
+        else:
+            fig = placeholder_figure("Length vs speedup", "no correct samples")
+        written += _save(fig, out_dir, "length_speedup")
         per_unit = _optional_table(tables_dir, "selection_per_task")
         if per_unit is not None and not per_unit.empty:
-            written += _save(rule_wins_figure(per_unit, policy, variant), out_dir, "rule_wins")
+            fig = rule_wins_figure(per_unit, policy, variant)
+        else:
+            fig = placeholder_figure("Rule wins per task", "no per-task selection results")
+        written += _save(fig, out_dir, "rule_wins")
     log.info("figures: %s", ", ".join(p.name for p in written))
     return written
