@@ -203,7 +203,8 @@ class ModelNew(nn.Module):
 
 
 def test_faster_rewrite_has_an_interval_above_one():
-    settings = EvalSettings(correctness_trials=2, timing_rounds=9, calls_per_round=3, warmup_calls=1, bootstrap=500, timeout_s=60)
+    # the default timing settings (15 rounds): 9 rounds left intervals too wide on the shared 2-vCPU VM
+    settings = EvalSettings(correctness_trials=2, bootstrap=1000, timeout_s=60)
     # relu_thrice: one call instead of three, ~3x, so timing noise on a shared machine cannot hide it
     spec = next(iter(load_tasks({"suite": "builtin", "ids": ["relu_thrice"]})))
     prog = spec.source + "\n\nclass ModelNew(Model):\n    def forward(self, x):\n        return torch.relu(x)\n"
