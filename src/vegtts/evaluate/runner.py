@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 TIMING_LOCK_PATH = Path(os.environ.get("VEGTTS_TIMING_LOCK", "/tmp/vegtts-timing-cpu.lock"))
 _PAYLOAD_CACHE_BYTES = 512 << 20  # keep encoded timing batches of a task in memory up to this size
 POOL_MAX_BYTES = 1 << 30  # timing inputs of a task (both sides) in shared memory up to this size
-UNTIMED_FLOOR_NS = 2_000_000  # hidden work below this per round is not told apart from noise (shared machine)
-UNTIMED_SHARE = 0.25  # ... nor below this share of the reference's batch time
+UNTIMED_FLOOR_NS = 5_000_000  # hidden work below this per round is not told apart from noise (shared machine;
+# an honest candidate measured 4.85 ms over the reference in CI)
+UNTIMED_SHARE = 0.5  # ... nor below this share of the reference's batch time
 TIMED_CHECK_ELEMENTS = 16384  # elements per output tensor compared after every timed batch
 
 
