@@ -6,7 +6,9 @@ The softmax is never used: dead work a rewrite drops.
 import torch
 import torch.nn as nn
 
-TAGS = ["naive-short", "dead-work", "headroom"]
+# Not "headroom": tanh itself costs most of the time, so dropping the dead softmax gains only
+# ~1.2-1.3x on one thread, too little for a timing assertion on a shared machine.
+TAGS = ["naive-short", "dead-work"]
 
 BATCH = 1024
 DIM = 2048
