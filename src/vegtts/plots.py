@@ -387,23 +387,19 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
         written += _save(selection_figure(selection, policy, variant), out_dir, "selection")
         written += _save(teaser_figure(scaling, selection, policy, variant), out_dir, "teaser")
         quartiles = _optional_table(tables_dir, "surprisal_quartiles")
-        if quartiles is not None and not quartiles.empty:
-            fig = quartiles_figure(quartiles, policy, variant)
-        else:
-            fig = placeholder_figure("Surprisal quartiles", "no correct samples with log-probs to split into quartiles")
-        written += _save(fig, out_dir, "surprisal_quartiles")
         correct = _optional_table(tables_dir, "correct_samples")
         corr = _optional_table(tables_dir, "correlations")
-        if correct is not None and corr is not None and not correct.empty:
-            fig = length_speedup_figure(correct, corr, policy, variant)
-        else:
-            fig = placeholder_figure("Length vs speedup", "no correct samples")
-        written += _save(fig, out_dir, "length_speedup")
         per_unit = _optional_table(tables_dir, "selection_per_task")
-        if per_unit is not None and not per_unit.empty:
-            fig = rule_wins_figure(per_unit, policy, variant)
-        else:
-            fig = placeholder_figure("Rule wins per task", "no per-task selection results")
-        written += _save(fig, out_dir, "rule_wins")
+        optional = [
+            ("surprisal_quartiles", "Surprisal quartiles", "no correct samples with log-probs to split into quartiles",
+             quartiles is not None and not quartiles.empty, lambda: quartiles_figure(quartiles, policy, variant)),
+            ("length_speedup", "Length vs speedup", "no correct samples",
+             correct is not None and corr is not None and not correct.empty,
+             lambda: length_speedup_figure(correct, corr, policy, variant)),
+            ("rule_wins", "Rule wins per task", "no per-task selection results",
+             per_unit is not None and not per_unit.empty, lambda: rule_wins_figure(per_unit, policy, variant)),
+        ]
+        for name, title, reason, drawable, draw in optional:
+            written += _save(draw() if drawable else placeholder_figure(title, reason), out_dir, name)
     log.info("figures: %s", ", ".join(p.name for p in written))
     return written

@@ -173,6 +173,16 @@ def _uid_processes(uid: int) -> list[int]:
     return found
 
 
+def _kill_child(pid: int, uid: int) -> None:
+    """SIGKILL a child's process group, then anything left under its private uid (-1: none)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    if uid >= 0:
+        _kill_uid(uid, pid)
+
+
 def _kill_uid(uid: int, child_pid: int) -> None:
     """SIGKILL every process running as `uid` (the child's own uid) besides the child itself.
 
@@ -312,13 +322,7 @@ def serve(fd: int) -> None:
             sock.send(json.dumps({"pid": pid}).encode())
         elif request["op"] == "finish":
             pid = int(request["pid"])
-            uid = live.pop(pid, -1)
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
-            if uid >= 0:
-                _kill_uid(uid, pid)
+            _kill_child(pid, live.pop(pid, -1))
             if pid not in statuses:
                 try:
                     # a killed child's teardown is the kernel's business: wait for it only when
@@ -330,12 +334,7 @@ def serve(fd: int) -> None:
             sock.send(json.dumps({"status": statuses.pop(pid)}).encode())
             reap()
     for pid, uid in live.items():
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        if uid >= 0:
-            _kill_uid(uid, pid)
+        _kill_child(pid, uid)
 
 
 # ----------------------------------------------------------------------------- parent side
