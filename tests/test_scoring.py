@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +180,7 @@ def test_peak_rss_sees_a_large_allocation_and_resets_between_blocks():
     with measure_peak_rss() as big:
         x = torch.ones(64 * 2**20)  # 256 MiB, touched
         x += 1
+        time.sleep(0.1)  # long enough for the VmRSS poller where the kernel's mark is lazy
         del x
     with measure_peak_rss() as small:
         y = torch.ones(1024)
@@ -191,6 +194,7 @@ def test_peak_rss_nests_an_inner_reset_does_not_hide_the_outer_peak():
     with measure_peak_rss() as outer:
         x = torch.ones(64 * 2**20)  # 256 MiB before the inner block
         x += 1
+        time.sleep(0.1)
         del x
         with measure_peak_rss() as inner:
             y = torch.ones(1024)

@@ -264,7 +264,9 @@ def measure_peak_rss(poll_seconds: float = 0.005) -> Iterator[PeakMemory]:
     /proc/self/clear_refs, so consecutive blocks are measured independently in one process
     (before resetting, an inner block hands the mark so far to the enclosing blocks).  Where
     that reset is not allowed, a thread polls VmRSS (may miss very short spikes); without /proc
-    at all, getrusage's lifetime maximum (not resettable: an upper bound).
+    at all, getrusage's lifetime maximum (not resettable: an upper bound).  The poller runs
+    alongside the reset mark too: some kernels (and sandboxes such as gVisor) accept the reset
+    but update VmHWM lazily, and CI saw a 256 MiB allocation leave it unchanged.
     """
     result = PeakMemory()
     start_kb = _read_status_kb("VmRSS")
@@ -289,7 +291,7 @@ def measure_peak_rss(poll_seconds: float = 0.005) -> Iterator[PeakMemory]:
                 polled[0] = now
 
     poller = None
-    if start_kb is not None and not reset:
+    if start_kb is not None:
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
     _ACTIVE.append(result)
@@ -301,8 +303,9 @@ def measure_peak_rss(poll_seconds: float = 0.005) -> Iterator[PeakMemory]:
         if poller is not None:
             poller.join()
         if reset:
-            peak_kb = max(_read_status_kb("VmHWM") or 0, result._carried_kb)
-            result.peak_mb, result.method = peak_kb / 1024, "VmHWM (reset via clear_refs)"
+            peak_kb = max(_read_status_kb("VmHWM") or 0, result._carried_kb, polled[0])
+            result.peak_mb = peak_kb / 1024
+            result.method = "max(VmHWM reset via clear_refs, VmRSS polled)"
             for outer in _ACTIVE:
                 outer._carried_kb = max(outer._carried_kb, peak_kb)
         elif start_kb is not None:
