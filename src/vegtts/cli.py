@@ -187,7 +187,7 @@ def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_te
 
 
 def _add_suite_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--suite", default="builtin", choices=["builtin", "dir", "kernelbench"])
+    parser.add_argument("--suite", default="builtin", choices=["builtin", "dir", "kernelbench", "builtin_gpu"])
     parser.add_argument("--ids", default="all", help="comma-separated ids, 'all' or 'default'")
     parser.add_argument("--path", default=None, help="problem folder (dir) or KernelBench checkout")
     parser.add_argument("--level", type=int, default=1, help="KernelBench level")

@@ -589,6 +589,10 @@ def evaluate_task(
     Identical programs are evaluated once; verdicts are cached per candidate under `cache_dir`.
     `launcher` defaults to the shared warm fork server (benchmarks pass a SpawnLauncher).
     """
+    if settings.device == "cuda":  # CUDA/Triton candidates: evaluate/cuda/, one worker thread per GPU
+        from vegtts.evaluate.cuda.evaluator import evaluate_task_cuda
+
+        return evaluate_task_cuda(spec, candidates, settings, cache_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     by_program: dict[str, list[int]] = {}
     for i, (_, program) in enumerate(candidates):

@@ -11,6 +11,10 @@ from vegtts.io import code_fingerprint, short_hash
 
 # Settings that change how fast the evaluation runs but never its verdict or its numbers.
 _NOT_IN_CACHE_KEY = ("max_parallel",)
+# device "cuda" only (evaluate/cuda/); left out of a CPU verdict's key so CPU caches stay valid
+_CUDA_ONLY = ("tf32", "gpus", "build_cache_dir", "build_timeout_s", "l2_flush_mb")
+_CUDA_NOT_IN_CACHE_KEY = ("gpus", "build_cache_dir", "build_timeout_s")
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -28,10 +32,21 @@ class EvalSettings:
     seed: int = 0  # root of every input/init seed
     allow_reference_calls: bool = True  # False: ModelNew may not call Model's forward
     max_parallel: int = field(default_factory=lambda: os.cpu_count() or 1)  # correctness workers
+    # device "cuda" (evaluate/cuda/): TF32 policy set explicitly and equally for reference and
+    # candidate; how many visible GPUs to use (0 = all, one worker thread each); where compiled
+    # candidates are cached by source hash ("" = <cache dir>/cuda_builds); a build's own time
+    # limit; L2 flush buffer between timed calls (0 = twice the GPU's L2)
+    tf32: bool = False
+    gpus: int = 0
+    build_cache_dir: str = ""
+    build_timeout_s: float = 600.0
+    l2_flush_mb: int = 0
 
     def __post_init__(self) -> None:
-        if self.device != "cpu":
-            raise ValueError(f"evaluator device {self.device!r} is not supported here (only 'cpu')")
+        if self.device not in DEVICES:
+            raise ValueError(f"evaluator device {self.device!r} is not supported; allowed: {list(DEVICES)}")
+        if self.gpus < 0 or self.l2_flush_mb < 0 or self.build_timeout_s <= 0:
+            raise ValueError("evaluator settings gpus and l2_flush_mb must be >= 0 and build_timeout_s > 0")
         for name in ("threads", "correctness_trials", "timing_rounds", "calls_per_round", "max_parallel"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"evaluator setting {name} must be >= 1, got {getattr(self, name)!r}")
@@ -54,7 +69,8 @@ class EvalSettings:
 
     def cache_key(self) -> dict[str, Any]:
         """Everything a cached verdict depends on: result-relevant settings and the evaluator code."""
-        key = {k: v for k, v in self.to_dict().items() if k not in _NOT_IN_CACHE_KEY}
+        dropped = _NOT_IN_CACHE_KEY + (_CUDA_ONLY if self.device == "cpu" else _CUDA_NOT_IN_CACHE_KEY)
+        key = {k: v for k, v in self.to_dict().items() if k not in dropped}
         key["evaluator_code"] = code_fingerprint("evaluate")
         return key
 

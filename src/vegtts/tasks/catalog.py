@@ -21,8 +21,13 @@ from vegtts.records import TaskSpec
 
 log = logging.getLogger(__name__)
 
-SUITES = ("builtin", "dir", "kernelbench")
+SUITES = ("builtin", "dir", "kernelbench", "builtin_gpu")
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+# The project's own GPU problems (CUDA/Triton evaluation), kept apart from the CPU suite above.
+BUILTIN_GPU_DIR = Path(__file__).resolve().parent / "builtin_gpu"
+# Module constants `shape_scale` multiplies (the batch-like dimension of KernelBench and of our
+# GPU problems); anything else is changed with `shape_overrides`.
+SHAPE_SCALE_NAMES = ("batch_size", "BATCH", "ROWS", "N")
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-4
@@ -86,8 +91,8 @@ def _suite_path(suite_cfg: dict[str, Any], suite: str) -> Path:
     return path
 
 
-def _builtin_problems() -> dict[str, ProblemFile]:
-    files = sorted(BUILTIN_DIR.glob("*.py"), key=lambda p: _natural_key(p.stem))
+def _builtin_problems(folder: Path = BUILTIN_DIR) -> dict[str, ProblemFile]:
+    files = sorted(folder.glob("*.py"), key=lambda p: _natural_key(p.stem))
     return {p.stem: ProblemFile(p.stem, p, p.stem.replace("_", " ")) for p in files if not p.name.startswith("_")}
 
 
@@ -130,6 +135,8 @@ def _available(suite_cfg: dict[str, Any]) -> tuple[str, dict[str, ProblemFile]]:
     suite = _suite_name(suite_cfg)
     if suite == "builtin":
         return suite, _builtin_problems()
+    if suite == "builtin_gpu":
+        return suite, _builtin_problems(BUILTIN_GPU_DIR)
     path = _suite_path(suite_cfg, suite)
     if suite == "dir":
         return suite, _dir_problems(path)
@@ -272,10 +279,68 @@ def load_tasks(suite_cfg: dict[str, Any]) -> list[TaskSpec]:
     rtol = float(suite_cfg.get("rtol", base_rtol))
     specs = []
     for pf in problems:
-        source = pf.path.read_text(encoding="utf-8")
+        source = apply_shape_settings(pf.path.read_text(encoding="utf-8"), pf.task_id, suite_cfg)
         specs.append(parse_problem_source(source, pf.task_id, suite, pf.default_name, atol, rtol))
     return specs
 
 
 def builtin_task_ids() -> list[str]:
     return list(_builtin_problems())
+
+
+def _int_constants(tree: ast.Module) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and type(node.value.value) is int:
+            for t in node.targets:
+                if isinstance(t, ast.Name):
+                    out[t.id] = node.value.value
+    return out
+
+
+def _overrides_for(task_id: str, suite_cfg: dict[str, Any]) -> dict[str, int]:
+    overrides = suite_cfg.get("shape_overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"tasks.shape_overrides must map task id -> {{CONSTANT: int}}, got {overrides!r}")
+    out: dict[str, int] = {}
+    for key, values in overrides.items():
+        if _canonical_id(key, _suite_name(suite_cfg), suite_cfg) != task_id:
+            continue
+        if not isinstance(values, dict) or not all(type(v) is int and v > 0 for v in values.values()):
+            raise ValueError(f"tasks.shape_overrides[{key!r}] must map constant names to positive ints, got {values!r}")
+        out.update(values)
+    return out
+
+
+def apply_shape_settings(source: str, task_id: str, suite_cfg: dict[str, Any]) -> str:
+    """The problem source with `shape_scale` and `shape_overrides` applied as appended assignments.
+
+    KernelBench's get_inputs()/get_init_inputs() read module constants when called, so assigning
+    them after the definitions changes every shape consistently (reference, candidate, inputs).
+    `shape_scale` multiplies the batch-like constants (SHAPE_SCALE_NAMES, at least 1);
+    `shape_overrides` ({task id or KernelBench number: {CONSTANT: value}}) set any int constant.
+    The changed source is the task's source, so its sha256 (and every cache key) changes too.
+    """
+    scale = suite_cfg.get("shape_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+        raise ValueError(f"tasks.shape_scale must be a number > 0, got {scale!r}")
+    overrides = _overrides_for(task_id, suite_cfg)
+    if scale == 1.0 and not overrides:
+        return source
+    constants = _int_constants(ast.parse(source))
+    unknown = sorted(set(overrides) - set(constants))
+    if unknown:
+        raise ValueError(
+            f"tasks.shape_overrides for {task_id!r}: {unknown} are not module-level int constants of the problem; "
+            f"allowed: {sorted(constants)}"
+        )
+    assigned: dict[str, int] = {}
+    if scale != 1.0:
+        for name in SHAPE_SCALE_NAMES:
+            if name in constants:
+                assigned[name] = max(1, int(round(constants[name] * scale)))
+    assigned.update(overrides)
+    lines = [f"{name} = {value}" for name, value in assigned.items() if constants.get(name) != value]
+    if not lines:
+        return source
+    return source.rstrip("\n") + "\n\n# ---- vegtts shape settings (tasks.shape_scale / shape_overrides) ----\n" + "\n".join(lines) + "\n"
