@@ -220,3 +220,14 @@ def test_gpu_candidates_get_their_expected_verdicts(tmp_path):
             assert (rec.status, rec.guard) == ("rejected", expected.split(":", 1)[1]), name
         else:
             assert rec.status == expected, (name, rec.error)
+
+
+def test_excessive_speedup_is_retimed_with_fresh_workers(tmp_path):
+    """A speedup above `excessive_speedup` is timed again with a fresh reference and candidate worker."""
+    cfg = {"suite": "builtin_gpu", "ids": ["gpu_gelu_tanh"], "shape_overrides": {"gpu_gelu_tanh": {"ROWS": 512, "COLS": 1024}}}
+    (spec,) = load_tasks(cfg)
+    fused = "class ModelNew(Model):\n    def forward(self, x):\n        return torch.nn.functional.gelu(x, approximate='tanh')\n"
+    settings = EvalSettings(device="cuda", timing_rounds=3, calls_per_round=2, bootstrap=50, excessive_speedup=1.05, threads=1)
+    (rec,) = evaluate_task_cuda(spec, [("", solution_program(spec, fused))], settings, tmp_path, gpus=["dry0"], dry_device="cpu")
+    assert rec.status == "ok", rec.error
+    assert "excessive_speedup_retimed" in rec.flags.split(","), (rec.speedup, rec.flags)
