@@ -16,6 +16,7 @@ Authorization header, and never logged or stored (errors quote the endpoint, nev
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -119,7 +120,7 @@ def post_json(url: str, body: dict[str, Any], key: str | None, timeout_s: float)
     except urllib.error.HTTPError as e:
         detail = e.read().decode("utf-8", errors="replace")[:500]
         raise EndpointError(f"{where} answered HTTP {e.code}: {detail}", transient=e.code in TRANSIENT_HTTP) from None
-    except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError, OSError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, socket.timeout, TimeoutError, OSError) as e:  # incl. a cut-off answer
         reason = getattr(e, "reason", e)
         raise EndpointError(f"{where} unreachable: {reason}", transient=True) from None
     except json.JSONDecodeError as e:
