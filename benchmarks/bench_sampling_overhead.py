@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.5)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cases", nargs="+", default=["same_tokens", "with_stops"], choices=["same_tokens", "with_stops"])
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -86,7 +87,8 @@ def main() -> None:
         "with_stops": ({**base}, stop_sequences("body")),
     }
     results: dict[str, Any] = {}
-    for case, (settings, gen_stops) in cases.items():
+    for case in args.cases:
+        settings, gen_stops = cases[case]
         t_vegtts: list[float] = []
         t_generate: list[float] = []
         rows_equal = rows_total = tokens = 0
