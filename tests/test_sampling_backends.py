@@ -329,3 +329,61 @@ def test_openai_backend_needs_a_model_name():
 def test_api_key_env_must_be_a_variable_name():
     with pytest.raises(ValueError, match="api_key_env"):
         validate_config({"sampling": {"openai": {"api_key_env": "sk-live key"}}})
+
+
+def _fake_vllm_modules(monkeypatch):
+    """vLLM-shaped modules (SamplingParams, LoRARequest, TokensPrompt) for the glue code; vLLM itself cannot run here."""
+    import sys
+    import types
+
+    vllm = types.ModuleType("vllm")
+    vllm.__version__ = "0.11.0-shaped"
+    vllm.SamplingParams = lambda **kw: SimpleNamespace(**kw)
+    lora = types.ModuleType("vllm.lora")
+    lora_request = types.ModuleType("vllm.lora.request")
+    lora_request.LoRARequest = lambda name, i, path: SimpleNamespace(lora_name=name, lora_int_id=i, lora_path=path)
+    inputs = types.ModuleType("vllm.inputs")
+    inputs.TokensPrompt = lambda prompt_token_ids: {"prompt_token_ids": prompt_token_ids}
+    for name, mod in {"vllm": vllm, "vllm.lora": lora, "vllm.lora.request": lora_request, "vllm.inputs": inputs}.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+
+
+class _RecordingLLM:
+    """Answers LLM.generate like vLLM: one RequestOutput per prompt, n CompletionOutputs each (shuffled index order)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, params, lora_request=None, use_tqdm=False):
+        self.calls.append((prompts, params, lora_request))
+        outs = []
+        for p in (params if isinstance(params, list) else [params] * len(prompts)):
+            if getattr(p, "prompt_logprobs", None) is not None:
+                ids = prompts[len(outs)]["prompt_token_ids"]
+                plp = [None] + [{t: _Logprob(logprob=-0.5 * (i + 1))} for i, t in enumerate(ids[1:])]
+                outs.append(SimpleNamespace(prompt_logprobs=plp, outputs=[]))
+                continue
+            comps = [SimpleNamespace(index=i, text=f"s{p.seed}-{i}", token_ids=[100 + i], finish_reason="length",
+                                     logprobs=[{100 + i: _Logprob(logprob=-float(i))}]) for i in range(p.n)]
+            outs.append(SimpleNamespace(outputs=list(reversed(comps))))
+        return outs
+
+
+def test_vllm_sampling_glue_on_vllm_shaped_objects(monkeypatch):
+    from vegtts.sampling.vllm_backend import sample_vllm, score_vllm
+
+    _fake_vllm_modules(monkeypatch)
+    llm = _RecordingLLM()
+    s = SamplerSettings(k=5, temperature=0.5, max_new_tokens=7, stop=["\n\n"])
+    gens, meta = sample_vllm("P", "relu", s, {"n_per_request": 2}, "/m", "/ckpt/ttt-seed0-step1", llm=llm)
+    prompts, params, lora = llm.calls[0]
+    assert prompts == ["P"] * 3 and [p.n for p in params] == [2, 2, 1]
+    assert [p.seed for p in params] == [request_seed(0, "relu", i) for i in range(3)]
+    assert all(p.logprobs == 0 and p.stop == ["\n\n"] and p.max_tokens == 7 for p in params)
+    assert lora.lora_name == "ttt-seed0-step1" and lora.lora_int_id > 0
+    assert len(gens) == 5 and gens[1].token_ids == [101] and gens[1].token_logprobs == [-1.0]  # sorted by index
+    assert meta["name"] == "vllm" and meta["vllm_version"] == "0.11.0-shaped"
+    gens, _ = sample_vllm("P", "relu", s, {}, "/m", llm=llm)  # n_per_request 0: one request for all k
+    assert [p.n for p in llm.calls[-1][1]] == [5] and llm.calls[-1][2] is None and len(gens) == 5
+    scores = score_vllm(llm, [1, 2], [[3, 4], [5]])
+    assert scores == [[-1.0, -1.5], [-1.0]]
