@@ -10,8 +10,8 @@ so machine drift hits both; the ratio is total vegtts time / total generate time
 A second figure compares vegtts with its default stop handling (rows leave the batch as soon as
 they stop) against `generate()` given the same stop strings (`stop_strings=`), the realistic case.
 
-    PYTHONPATH=src python benchmarks/bench_sampling_overhead.py --tasks 4 --k 8 --reps 3 \
-        --out benchmarks/results/sampling_overhead.json
+    PYTHONPATH=src python benchmarks/bench_sampling_overhead.py --tasks 2 --k 4 --max-new-tokens 32 \
+        --reps 2 --out benchmarks/results/sampling_overhead.json
 """
 
 from __future__ import annotations
