@@ -94,6 +94,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import run_sampling
 
     torch.set_num_threads(args.threads)
+    backend = args.settings.get("backend", "transformers")
+    if backend != "transformers":
+        from .sampling.remote import run_remote_sampling
+
+        run_remote_sampling(
+            backend,
+            tasks_json_path=Path(args.tasks),
+            task_id=args.task,
+            settings=sampler_settings(args.settings, args.seed),
+            backend_settings=args.settings.get(backend) or {},
+            model_path=args.model,
+            out_parquet=Path(args.out),
+            policy=args.policy,
+        )
+        return 0
     run_sampling(
         tasks_json_path=Path(args.tasks),
         task_id=args.task,

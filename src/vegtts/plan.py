@@ -93,9 +93,29 @@ class Plan:
         ]
 
 
+# Backend settings that change which samples come out; the rest (where the server is, how many
+# requests fly at once, timeouts, retries, the key's variable name) do not, and never enter a key.
+BACKEND_IDENTITY_KEYS = {
+    "openai": ("model", "api", "n_per_request", "token_ids_from_server", "extra_body"),
+    "vllm": ("dtype", "n_per_request", "tensor_parallel_size"),
+}
+
+
+def sampling_identity(sampling_config: dict[str, Any]) -> dict[str, Any]:
+    """The sampling block as it enters the sample key: only the chosen backend's identity keys."""
+    ident = {k: v for k, v in sampling_config.items() if k not in ("seeds", "threads", *BACKEND_IDENTITY_KEYS)}
+    backend = sampling_config.get("backend", "transformers")
+    if backend == "openai" and not sampling_config.get("openai", {}).get("model"):
+        raise ValueError("config key 'sampling.openai.model' is required with sampling.backend: openai (the served model's name)")
+    if backend in BACKEND_IDENTITY_KEYS:
+        block = sampling_config.get(backend, {})
+        ident[backend] = {k: block.get(k) for k in BACKEND_IDENTITY_KEYS[backend]}
+    return ident
+
+
 def sample_identity(config: dict[str, Any], tasks_key: str) -> dict[str, Any]:
     """Everything that changes which samples come out (threads do not)."""
-    sampling = {k: v for k, v in config["sampling"].items() if k not in ("seeds", "threads")}
+    sampling = sampling_identity(config["sampling"])
     return {
         "tasks": tasks_key,
         "model": config["model"],

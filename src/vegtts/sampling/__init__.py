@@ -1,4 +1,4 @@
-"""Sampling stage: prompts and backends (transformers on CPU/GPU)."""
+"""Sampling stage: prompts and backends (transformers here; an OpenAI-compatible server; vLLM in-process: see remote.py)."""
 
 
 def run_sampling(*args, **kwargs):

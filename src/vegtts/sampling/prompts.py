@@ -172,10 +172,14 @@ def build_prompt(
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ValueError("prompt.style='chat' needs a model whose tokenizer has a chat template; use 'completion'")
     # The user turn holds everything but the open fence; the assistant turn starts the code block.
-    user = body[: -len(OPEN_FENCE)].rstrip() + "\nAnswer with one python code block."
-    messages = [{"role": "user", "content": user}]
+    messages = [{"role": "user", "content": chat_user_turn(body)}]
     templated = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return templated + OPEN_FENCE
+
+
+def chat_user_turn(completion_prompt: str) -> str:
+    """The user message of the chat style, made from the completion-style prompt (which ends in the open fence)."""
+    return completion_prompt[: -len(OPEN_FENCE)].rstrip() + "\nAnswer with one python code block."
 
 
 def prompt_sha(prompt: str) -> str:

@@ -317,6 +317,7 @@ def run_sampling(
         "task_id": task_id,
         "policy": policy,
         "settings": s.to_dict(),
+        "backend": {"name": "transformers", "model": model_id},
         "prompt_sha": prompt_sha(prompt),
         "prompt": prompt,
         "model_id": model_id,
