@@ -138,8 +138,7 @@ def assert_artifacts_intact(workdir: Path) -> None:
     for path in parquets:
         df = pd.read_parquet(path)
         assert len(df) > 0, path
-        meta = read_parquet_metadata(path)
-        assert meta.get("provenance") or meta, f"{path} has no vegtts metadata"
+        assert read_parquet_metadata(path).get("provenance"), f"{path} has no vegtts provenance"
     cache_entries = list((results / "store" / "evalcache").rglob("*.json"))
     assert cache_entries
     for entry in cache_entries:
@@ -173,6 +172,7 @@ def test_killed_head_resumes_without_redoing_finished_work(tmp_path: Path):
     samples_done = store_files(workdir, "samples", ".parquet")
     evals_done = {t: p for t, p in store_files(workdir, "evaluations", ".parquet").items() if t not in interrupted}
     second.kill(jobs_too=False)
+    orphan_finished = {t for t in interrupted if t in store_files(workdir, "evaluations", ".parquet")}
     counts = job_counts(second.output())
     assert counts.get("sample") == 1 and "resolve_tasks" not in counts, counts
     assert_unchanged(finished)
@@ -187,6 +187,10 @@ def test_killed_head_resumes_without_redoing_finished_work(tmp_path: Path):
     assert (workdir / "results" / "tiny" / "report.html").is_file()
     assert_unchanged(finished)
     assert_artifacts_intact(workdir)
+    evaluations = store_files(workdir, "evaluations", ".parquet")
+    for task in orphan_finished:  # redone because incomplete, from the verdicts the orphan cached
+        assert "Forced execution" in out or "ncomplete" in out
+        assert pd.read_parquet(evaluations[task])["cached"].all(), task
 
     nothing = subprocess.run(snakemake_cmd("-n"), cwd=workdir, env=env_for(workdir), capture_output=True, text=True)
     assert "Nothing to be done" in nothing.stdout + nothing.stderr

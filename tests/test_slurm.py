@@ -17,14 +17,13 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
 from test_workflow import REPO, env_for, make_workdir, tiny_args
-
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
@@ -86,11 +85,12 @@ def ci_profile(dest: Path) -> Path:
 
 
 SQUEUE_FIELDS = [("id", "JobID", 20), ("partition", "Partition", 30), ("state", "State", 20),
-                 ("comment", "Comment", 200), ("gpus", "tres-per-job", 60)]
+                 ("comment", "Comment", 200), ("gpus", "tres-per-job", 60), ("start", "StartTime", 25),
+                 ("end", "EndTime", 25)]
 
 
 def squeue_jobs() -> list[dict[str, str]]:
-    """Every job the controller still remembers (MinJobAge=300 keeps finished ones).
+    """Every job the controller still remembers (cluster.sh sets MinJobAge=3600).
 
     The plugin puts rule_<name>_wildcards_... in each job's comment; --gpus shows in tres-per-job.
     """
@@ -106,6 +106,42 @@ def squeue_jobs() -> list[dict[str, str]]:
     return jobs
 
 
+def _job_resources(dry_run_output: str) -> dict[str, list[str]]:
+    """Rule -> the `resources:` line of each of its jobs in a dry run."""
+    jobs: dict[str, list[str]] = {}
+    rule = None
+    for line in dry_run_output.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            jobs.setdefault(rule, []).append(line.strip())
+    return jobs
+
+
+def test_profile_gives_each_rule_its_slurm_resources(workdir_with_plugin: Path):
+    """Without a cluster: the shipped profile parses and maps rules to partitions and GPUs."""
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--profile", str(PROFILE.parent), *tiny_args()]
+    proc = subprocess.run(cmd, cwd=workdir_with_plugin, env=env_for(workdir_with_plugin), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = _job_resources(proc.stdout + proc.stderr)
+    assert jobs["sample"] and all("slurm_partition=gpu" in r and "gpu=1" in r for r in jobs["sample"]), jobs
+    for rule in ("evaluate", "analyze", "figures", "report"):
+        assert all("slurm_partition=cpu" in r and "gpu=" not in r for r in jobs[rule]), (rule, jobs[rule])
+
+
+@pytest.fixture
+def workdir_with_plugin(tmp_path: Path) -> Path:
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install the 'slurm' extra (snakemake-executor-plugin-slurm)")
+        pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e '.[slurm]')")
+    return make_workdir(tmp_path)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_tiny_experiment_through_the_slurm_profile(slurm_cluster, tmp_path: Path):
     (tmp_path / "wd").mkdir()
     workdir = make_workdir(tmp_path / "wd")
@@ -135,5 +171,7 @@ def test_tiny_experiment_through_the_slurm_profile(slurm_cluster, tmp_path: Path
         assert job["partition"] == "gpu" and job["gpus"] == "gres:gpu:1", job
     for job in by_rule["evaluate"] + by_rule["analyze"]:
         assert job["partition"] == "cpu" and "gpu" not in job["gpus"], job
+    busy = sum((datetime.fromisoformat(j["end"]) - datetime.fromisoformat(j["start"])).total_seconds() for j in jobs)
+    print(f"{len(jobs)} Slurm jobs, {busy:.0f}s of job run time in {wall:.0f}s of wall time")
     slurm_logs = list((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert slurm_logs, "the plugin kept no job logs"

@@ -31,9 +31,9 @@ write_config() {
   fi
   getent hosts "$HOST" >/dev/null || echo "127.0.0.1 $HOST" >> /etc/hosts
   mkdir -p /etc/slurm
-  # MinJobAge: squeue must still list finished jobs when the executor plugin polls (it needs
-  # MinJobAge >= 3 x slurm-init-seconds-before-status-checks). DefMemPerCPU: without it every job
-  # takes the whole node's memory and jobs run one at a time.
+  # MinJobAge: how long squeue still lists finished jobs. The executor plugin's squeue status
+  # command needs >= 3 x slurm-init-seconds-before-status-checks; the test reads every job of the
+  # run back at the end. DefMemPerCPU: without it every job takes the whole node's memory.
   cat > "$CONF" <<CONF
 $MARK
 ClusterName=vegtts-ci
@@ -59,7 +59,7 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1000
 MpiDefault=none
 ReturnToService=2
-MinJobAge=300
+MinJobAge=3600
 SchedulerParameters=sched_interval=2
 GresTypes=gpu
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=${SLURM_NODE_MEM_MB:-6000} Gres=gpu:1 State=UNKNOWN
