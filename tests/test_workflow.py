@@ -26,6 +26,7 @@ def make_workdir(tmp: Path) -> Path:
     shutil.copytree(REPO / "envs", tmp / "envs")
     shutil.copytree(REPO / "src", tmp / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(REPO / ".test", tmp / ".test")
+    shutil.copytree(REPO / "profiles", tmp / "profiles")  # profiles/default applies to every run
     return tmp
 
 

@@ -18,6 +18,20 @@ from typing import Any, Iterator
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
+def _process_umask() -> int:
+    # Read, not set-and-restore: os.umask(0) would briefly give every other thread's new files and
+    # folders a 0 umask (the evaluator stores cache entries from a thread pool).
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` if the block succeeds."""
@@ -29,9 +43,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         # mkstemp creates 0600; give the artifact the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
+        os.chmod(tmp_path, 0o666 & ~_process_umask())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

@@ -52,3 +52,12 @@ def evaluation_settings(wildcards):
 
 def model_inputs(wildcards):
     return [PLAN.model_marker] if PLAN.model_marker else []
+
+
+def all_cores(fallback=1):
+    """`--cores` of a local run. A cluster run has no total: there the profile's set-threads
+    decides (workflow/profiles/slurm), else `fallback`."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return fallback

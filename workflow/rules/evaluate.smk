@@ -15,7 +15,7 @@ rule evaluate:
         f"{STORE}/evaluations/{{skey}}/{{ekey}}/s{{seed}}/{{task}}.log",
     benchmark:
         f"{STORE}/evaluations/{{skey}}/{{ekey}}/s{{seed}}/{{task}}.benchmark.tsv"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         mem_mb=8000,
     shell:
