@@ -52,3 +52,9 @@ def evaluation_settings(wildcards):
 
 def model_inputs(wildcards):
     return [PLAN.model_marker] if PLAN.model_marker else []
+
+
+def sample_adapter(wildcards):
+    """The LoRA adapter a sample set is drawn from (TTT checkpoints), or nothing (the base policy)."""
+    adapter = PLAN.sample_sets[wildcards.skey].get("adapter")
+    return [adapter] if adapter else []
