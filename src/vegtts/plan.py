@@ -286,7 +286,9 @@ def ttt_task_ids(ttt: dict[str, Any], task_ids: list[str]) -> list[str]:
     unknown = [t for t in chosen if t not in task_ids]
     if unknown:
         raise ValueError(
-            f"config key 'ttt.tasks': {unknown} are not tasks of this experiment. Allowed: 'all' or a subset of {task_ids}"
+            f"config key 'ttt.tasks': {unknown} are not tasks of this experiment. Allowed: 'all' or a subset of "
+            f"{task_ids} (a --configfile is merged over config.yaml, whose ttt block names its own tasks: set "
+            "ttt.tasks or ttt.enabled: false in your config)"
         )
     return chosen
 

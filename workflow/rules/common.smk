@@ -18,10 +18,10 @@ config.update(_validated)
 try:
     TASK_IDS = list_task_ids(config["tasks"])
     MODEL_PATH, MODEL_MARKER = model_location(config["model"]["source"], config["resources_dir"])
+    PLAN = build_plan(config, TASK_IDS, MODEL_PATH, MODEL_MARKER)
 except ValueError as err:
     raise WorkflowError(str(err)) from None
 
-PLAN = build_plan(config, TASK_IDS, MODEL_PATH, MODEL_MARKER)
 RESULTS = PLAN.results
 STORE = PLAN.store
 EXP = PLAN.exp_dir
