@@ -351,8 +351,8 @@ def make_report(
         else:
             parts.append(f'<p class="note">Figure {esc(name)} is missing.</p>')
     # Any other PNG (a figure added later) is embedded too, under its file name.
-    extra = sorted(p for p in figures_dir.glob("*.png")
-                   if p.stem not in FIGURE_CAPTIONS and not p.stem.startswith("ttt_")) if figures_dir.is_dir() else []
+    shown = set(FIGURE_CAPTIONS) | set(TTT_FIGURE_CAPTIONS)  # TTT figures only in their section (stale ones never)
+    extra = sorted(p for p in figures_dir.glob("*.png") if p.stem not in shown) if figures_dir.is_dir() else []
     for png in extra:
         parts.append(f"<figure>{_embed_png(png)}<figcaption>{esc(png.stem)}</figcaption></figure>")
 
