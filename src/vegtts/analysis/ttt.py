@@ -337,10 +337,10 @@ def compute_summary(compute: pd.DataFrame, n_tasks: int, k: int, n_steps: int) -
         ttt = d[d["method"].isin(["sample_train", "ttt_update"])]
         base = d[(d["method"] == "sample_train") & (d["step"] == 0)]
         scale = n_steps + 1  # Best-of-N at equal rollouts draws (S+1) base batches of K
-        rows.append({"ttt_seed": seed, "method": "ttt (train batches + updates)", "rollouts": ttt["rollouts"].sum(),
+        rows.append({"ttt_seed": seed, "step": "all", "method": "ttt (train batches + updates)", "rollouts": ttt["rollouts"].sum(),
                      "prompt_tokens": ttt["prompt_tokens"].sum(), "completion_tokens": ttt["completion_tokens"].sum(),
                      "training_tokens": ttt["training_tokens"].sum(), "wall_seconds": ttt["wall_seconds"].sum()})
-        rows.append({"ttt_seed": seed, "method": f"best_of_n (N = {scale * k}; step-0 cost x {scale})",
+        rows.append({"ttt_seed": seed, "step": "all", "method": f"best_of_n (N = {scale * k}; step-0 cost x {scale})",
                      "rollouts": base["rollouts"].sum() * scale, "prompt_tokens": base["prompt_tokens"].sum() * scale,
                      "completion_tokens": base["completion_tokens"].sum() * scale, "training_tokens": 0,
                      "wall_seconds": base["wall_seconds"].sum() * scale})
