@@ -146,3 +146,77 @@ def test_tiny_run_then_incremental_reruns(workdir: Path):
     snakemake(workdir, *tiny_args())
     proc = snakemake(workdir, "-n", *tiny_args())
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+# --- test-time training ---------------------------------------------------------------------------
+TTT_CONFIG = "ttt={'enabled': True, 'tasks': ['relu_where'], 'seeds': %s, 'steps': %d, 'k': 4, 'lora': {'rank': 4, 'alpha': 8}}"
+
+
+def ttt_args(seeds: str = "[0]", steps: int = 1) -> list[str]:
+    return ["--configfile", ".test/config/tiny_ttt.yaml", "--config", f"resources_dir={SHARED_RESOURCES}",
+            TTT_CONFIG % (seeds, steps)]
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> list[tuple[str, list[str]]]:
+    """(rule, output paths) of every job in a dry run's log."""
+    jobs: list[tuple[str, list[str]]] = []
+    for line in (proc.stdout + proc.stderr).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("rule ") and stripped.endswith(":"):
+            jobs.append((stripped[5:-1], []))
+        elif stripped.startswith("output:") and jobs:
+            jobs[-1][1].extend(p.strip() for p in stripped[len("output:"):].split(","))
+    return jobs
+
+
+@pytest.mark.slow
+def test_tiny_ttt_run_then_one_more_seed_or_step(workdir: Path):
+    from vegtts.analysis.tables import read_table
+
+    snakemake(workdir, *ttt_args())
+    exp = workdir / "results/tiny_ttt"
+    html = (exp / "report.html").read_text()
+    assert "<h2>Test-time training</h2>" in html and "TTT seed 0" in html and "equivalent K" in html
+    assert html.count("data:image/png;base64,") >= 4
+    selection, header = read_table(exp / "tables/ttt_selection.csv")
+    assert set(selection["rule"]) == {"boa_in_sample", "boa_held_out", "fixed_final", "early_stop", "per_task_oracle"}
+    assert "definition.rule.boa_held_out" in header
+    traj, _ = read_table(exp / "tables/ttt_trajectory.csv")
+    assert sorted(zip(traj["step"], traj["batch"])) == [(0, "heldout"), (0, "train"), (1, "heldout"), (1, "train")]
+    assert (traj["n_samples"] == 4).all()
+    probe, _ = read_table(exp / "tables/ttt_probe.csv")
+    assert list(probe["step"]) == [0, 1] and (probe["n_all"] == 4).all()
+    compute, _ = read_table(exp / "tables/ttt_compute.csv")
+    update = compute[compute["method"] == "ttt_update"]
+    assert len(update) == 1 and update["training_tokens"].iloc[0] > 0
+    adapters = list((workdir / "results/store/ttt").glob("*/adapter/adapter_model.safetensors"))
+    assert len(adapters) == 1
+    for fig in ("ttt_trajectory", "ttt_rho"):
+        assert (exp / f"figures/{fig}.png").stat().st_size > 1000
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(workdir, "-n", *ttt_args()))
+
+    existing = {str(p.relative_to(workdir)) for p in (workdir / "results").rglob("*")}
+
+    # One more seed: only that seed's update, samples (train + heldout of steps 0 and 1), evaluations, probe.
+    jobs = planned_jobs(snakemake(workdir, "-n", *ttt_args(seeds="[0, 1]")))
+    rules = [rule for rule, _ in jobs]
+    assert rules.count("ttt_update") == 1 and rules.count("ttt_score") == 1
+    assert rules.count("sample") == 4 and rules.count("evaluate") == 4
+    assert "analyze" not in rules and "figures" not in rules
+    for rule, outputs in jobs:
+        if rule in ("sample", "evaluate"):
+            assert all(f"/s1/" in o or "/s100001/" in o for o in outputs), outputs
+
+    # One more step: only step 2 of seed 0; nothing already stored is planned again.
+    jobs = planned_jobs(snakemake(workdir, "-n", *ttt_args(steps=2)))
+    rules = [rule for rule, _ in jobs]
+    assert rules.count("ttt_update") == 1 and rules.count("ttt_score") == 1
+    assert rules.count("sample") == 2 and rules.count("evaluate") == 2
+    for rule, outputs in jobs:
+        if rule in ("sample", "evaluate", "ttt_update", "ttt_score"):
+            assert not set(outputs) & existing, outputs
+
+
+def test_ttt_disabled_plans_no_ttt_jobs(workdir: Path):
+    proc = snakemake(workdir, "-n", *tiny_args())
+    assert not {r for r in planned_rules(proc) if r.startswith("ttt_")}

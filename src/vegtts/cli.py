@@ -116,6 +116,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         model_path=args.model,
         out_parquet=Path(args.out),
         policy=args.policy,
+        adapter_path=args.adapter or None,
     )
     return 0
 
@@ -183,6 +184,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         provenance=provenance(),
         stage_times=stage_times_from_benchmarks(args.timings or []),
         out_html=Path(args.out),
+        ttt=args.ttt,
     )
     return 0
 
@@ -192,6 +194,85 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     compare_experiments([Path(d) for d in args.experiments], Path(args.out))
     return 0
+
+
+# --- test-time training ----------------------------------------------------------------------
+def cmd_ttt_update(args: argparse.Namespace) -> int:
+    import torch
+
+    from .ttt import run_ttt_update
+
+    torch.set_num_threads(args.threads)
+    run_ttt_update(args.samples, args.evaluations, args.model, Path(args.out), args.settings,
+                   previous_adapter=args.previous or None, step=args.step)
+    return 0
+
+
+def cmd_ttt_score(args: argparse.Namespace) -> int:
+    import torch
+
+    from .scoring import run_scoring
+
+    torch.set_num_threads(args.threads)
+    run_scoring(args.samples, args.model, args.adapter or None, args.scorer, Path(args.out), micro_batch=args.micro_batch)
+    return 0
+
+
+def ttt_manifest_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The TTT artifacts of an experiment config, exactly as the workflow plans them."""
+    from .config import validate_config
+    from .plan import build_plan, model_location
+    from .tasks import list_task_ids
+
+    cfg = validate_config(config)
+    plan = build_plan(cfg, list_task_ids(cfg["tasks"]), *model_location(cfg["model"]["source"], cfg["resources_dir"]))
+    if plan.ttt is None:
+        raise ValueError("config key 'ttt.enabled' is false: there is nothing to analyse")
+    return plan.ttt_manifest()
+
+
+def cmd_ttt_analyze(args: argparse.Namespace) -> int:
+    from .analysis.ttt import run_ttt_analysis
+    from .io import provenance
+
+    run_ttt_analysis(ttt_manifest_of(args.config), provenance(config_hash=args.config_hash), Path(args.out),
+                     variant=args.config["analysis"]["primary_variant"])
+    return 0
+
+
+def cmd_ttt_figures(args: argparse.Namespace) -> int:
+    from .plots import make_ttt_figures
+
+    make_ttt_figures(Path(args.tables), Path(args.out))
+    return 0
+
+
+def _add_ttt_parsers(sub: Any) -> None:
+    ttt = sub.add_parser("ttt", help="test-time training").add_subparsers(dest="action", required=True)
+    p = _add(ttt, "update", cmd_ttt_update, "one TTT step: update a LoRA adapter on evaluated samples, save it")
+    p.add_argument("--samples", nargs="+", required=True, help="sample parquets of the previous step's train batch")
+    p.add_argument("--evaluations", nargs="+", required=True, help="their evaluation parquets")
+    p.add_argument("--model", required=True, help="base model folder or hub id")
+    p.add_argument("--previous", default="", help="the previous step's adapter folder (none at step 1)")
+    p.add_argument("--step", type=int, required=True, help="step number (1 = first update from the base model)")
+    p.add_argument("--settings", type=_json_arg, required=True, help="vegtts.ttt.TTTSettings fields as JSON")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", required=True, help="adapter folder to write (atomically)")
+    p = _add(ttt, "score", cmd_ttt_score, "teacher-forced log-probs of stored samples under a policy")
+    p.add_argument("--samples", nargs="+", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--adapter", default="", help="LoRA adapter folder (none = the base policy)")
+    p.add_argument("--scorer", required=True, help="name of the scoring policy stored with the scores")
+    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", required=True)
+    p = _add(ttt, "analyze", cmd_ttt_analyze, "TTT tables: trajectory, selection, probe, compute, equal budget")
+    p.add_argument("--config", type=_json_arg, required=True, help="the experiment config as JSON (its plan lists the inputs)")
+    p.add_argument("--config-hash", default="")
+    p.add_argument("--out", required=True)
+    p = _add(ttt, "figures", cmd_ttt_figures, "TTT trajectory and probe figures from the TTT tables")
+    p.add_argument("--tables", required=True)
+    p.add_argument("--out", required=True)
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -239,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder or hub id")
     p.add_argument("--settings", type=_json_arg, required=True, help="sampling + prompt settings as JSON")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--adapter", default="", help="LoRA adapter folder on top of the model (a TTT checkpoint)")
     p.add_argument("--out", required=True)
 
     p = _add(sub, "evaluate", cmd_evaluate, "check and time every sample of one task")
@@ -266,11 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", required=True)
     p.add_argument("--config", type=_json_arg, required=True, help="the experiment config as JSON")
     p.add_argument("--timings", nargs="*", help="sample/evaluation artifacts whose benchmark files give stage times")
+    p.add_argument("--ttt", action="store_true", help="add the TTT section (tables ttt_*.csv, figures ttt_*.png)")
     p.add_argument("--out", required=True)
 
     p = _add(sub, "compare", cmd_compare, "one HTML report comparing two or more experiments side by side")
     p.add_argument("experiments", nargs="+", help="experiment result folders (results/<exp>/ with tables/ and figures/)")
     p.add_argument("--out", required=True, help="the comparison report.html")
+    _add_ttt_parsers(sub)
     return parser
 
 

@@ -26,6 +26,8 @@ STAGE_CODE = {
     "analysis": ("analysis",),
     "figures": ("plots.py",),
     "report": ("report.py",),
+    "ttt": ("ttt.py", "scoring.py", "models.py"),
+    "score": ("scoring.py", "models.py"),
 }
 
 
@@ -46,6 +48,7 @@ class Plan:
     eval_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     base_sample_key: str = ""
     base_eval_key: str = ""
+    ttt: "TTTPlan | None" = None
 
     # --- paths -------------------------------------------------------------------------------
     @property
@@ -84,6 +87,49 @@ class Plan:
             for seed in self.config["sampling"]["seeds"]
             for task in self.task_ids
         ]
+
+    def ttt_batch_files(self, step: "TTTStep", batch: str, tasks: list[str] | None = None) -> tuple[list[str], list[str]]:
+        """(sample files, evaluation files) of one batch ("train" or "heldout") of a TTT step."""
+        assert self.ttt is not None
+        seed = step.sampling_seed(batch)
+        tasks = self.ttt.task_ids if tasks is None else tasks
+        return ([self.sample_file(step.sample_key, seed, t) for t in tasks],
+                [self.eval_file(step.sample_key, self.base_eval_key, seed, t) for t in tasks])
+
+    def ttt_manifest(self) -> dict[str, Any]:
+        """Everything the TTT analysis reads, by seed and step (JSON-able)."""
+        assert self.ttt is not None
+        steps = []
+        for (seed, s), st in sorted(self.ttt.steps.items()):
+            entry: dict[str, Any] = {"seed": seed, "step": s, "policy": st.policy, "sample_key": st.sample_key,
+                                     "checkpoint": None, "score": None}
+            for batch in TTT_BATCHES:
+                samples, evals = self.ttt_batch_files(st, batch)
+                entry[batch] = {"sampling_seed": st.sampling_seed(batch), "samples": samples, "evaluations": evals}
+            if st.checkpoint_key:
+                entry["checkpoint"] = self.ttt.checkpoint_dir(self.store, st.checkpoint_key)
+                if self.ttt.settings["probe"]:
+                    entry["score"] = self.ttt.score_file(self.store, st.checkpoint_key)
+            steps.append(entry)
+        probe = {"sampling_seed": self.ttt.probe_seed,
+                 "samples": [self.sample_file(self.base_sample_key, self.ttt.probe_seed, t) for t in self.ttt.task_ids],
+                 "evaluations": [self.eval_file(self.base_sample_key, self.base_eval_key, self.ttt.probe_seed, t)
+                                 for t in self.ttt.task_ids]}
+        return {"tasks": self.ttt.task_ids, "k": self.ttt.settings["k"], "steps": steps, "probe": probe,
+                "base": {"samples": self.base_sample_files(), "evaluations": self.base_eval_files(),
+                         "k": self.config["sampling"]["k"]}}
+
+    def ttt_files(self) -> list[str]:
+        """Every TTT artifact the analysis needs (sample, evaluation, checkpoint and score files)."""
+        if self.ttt is None:
+            return []
+        man = self.ttt_manifest()
+        files: list[str] = []
+        for entry in man["steps"]:
+            for batch in TTT_BATCHES:
+                files += entry[batch]["samples"] + entry[batch]["evaluations"]
+            files += [f for f in (entry["checkpoint"], entry["score"]) if f]
+        return files + man["probe"]["samples"] + man["probe"]["evaluations"]
 
     def base_eval_files(self) -> list[str]:
         return [
@@ -156,6 +202,7 @@ def build_plan(config: dict[str, Any], task_ids: list[str], model_path: str, mod
     e_ident = eval_identity(config)
     plan.base_eval_key = short_hash(e_ident)
     plan.eval_sets[plan.base_eval_key] = {"identity": e_ident, "settings": config["evaluation"]}
+    plan.ttt = build_ttt_plan(plan)
     return plan
 
 
@@ -198,3 +245,124 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
     found = try_to_load_from_cache(repo_id, "config.json")
     return isinstance(found, str)
+
+
+# ---------------------------------------------------------------- test-time training
+
+# Each checkpoint is sampled twice: batch "train" (sampling seed = the TTT seed; the next update
+# trains on it and in-sample selection reads it) and batch "heldout" (a fresh batch of the same
+# size, sampling seed = TTT seed + HELDOUT_SEED_OFFSET; held-out selection reports on it).  The same
+# two sampling seeds at every step of a seed give common random numbers across its steps.
+HELDOUT_SEED_OFFSET = 100_000
+TTT_BATCHES = ("train", "heldout")
+
+
+@dataclass
+class TTTStep:
+    seed: int  # the TTT seed
+    step: int  # 0 = base policy
+    policy: str
+    sample_key: str
+    checkpoint_key: str | None  # None at step 0
+    previous_key: str | None  # checkpoint this step's update starts from (None at steps 0 and 1)
+    train_tasks: list[str]  # tasks of the update that produced this checkpoint (step >= 1)
+
+    def sampling_seed(self, batch: str) -> int:
+        return self.seed + (HELDOUT_SEED_OFFSET if batch == "heldout" else 0)
+
+
+@dataclass
+class TTTPlan:
+    settings: dict[str, Any]
+    task_ids: list[str]
+    steps: dict[tuple[int, int], TTTStep]
+    checkpoints: dict[str, TTTStep]
+    probe_key: str
+    probe_seed: int
+
+    def checkpoint_dir(self, store: str, ckey: str) -> str:
+        return f"{store}/ttt/{ckey}/adapter"
+
+    def score_file(self, store: str, ckey: str) -> str:
+        return f"{store}/scores/{self.probe_key}/{ckey}.parquet"
+
+
+def ttt_training_settings(ttt: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The config's `ttt` block mapped onto vegtts.ttt.TTTSettings fields."""
+    lora = ttt["lora"]
+    return {
+        "objective": ttt["objective"], "rank": lora["rank"], "alpha": float(lora["alpha"]),
+        "target_modules": list(lora["target_modules"]), "lora_dropout": float(lora["dropout"]),
+        "learning_rate": float(ttt["learning_rate"]), "weight_decay": float(ttt["weight_decay"]),
+        "max_grad_norm": ttt["max_grad_norm"], "micro_batch": ttt["micro_batch"],
+        "detach_prompt": ttt["detach_prompt"], "grpo_normalize_std": ttt["grpo_normalize_std"], "seed": int(seed),
+    }
+
+
+def ttt_task_ids(ttt: dict[str, Any], task_ids: list[str]) -> list[str]:
+    if ttt["tasks"] == "all":
+        return list(task_ids)
+    chosen = [str(t) for t in ttt["tasks"]]
+    unknown = [t for t in chosen if t not in task_ids]
+    if unknown:
+        raise ValueError(
+            f"config key 'ttt.tasks': {unknown} are not tasks of this experiment. Allowed: 'all' or a subset of "
+            f"{task_ids} (a --configfile is merged over config.yaml, whose ttt block names its own tasks: set "
+            "ttt.tasks or ttt.enabled: false in your config)"
+        )
+    return chosen
+
+
+def batch_tasks(task_ids: list[str], tasks_per_batch: int | None, step: int) -> list[str]:
+    """Tasks of the update at `step` (>= 1): all, or `tasks_per_batch` of them rotating step by step."""
+    if not tasks_per_batch or tasks_per_batch >= len(task_ids):
+        return list(task_ids)
+    start = ((step - 1) * tasks_per_batch) % len(task_ids)
+    return [task_ids[(start + i) % len(task_ids)] for i in range(tasks_per_batch)]
+
+
+def build_ttt_plan(plan: Plan) -> TTTPlan | None:
+    """Keys of every TTT checkpoint and its samples; None when ttt.enabled is false.
+
+    The key of checkpoint (seed, s) hashes its settings, the seed, the key of checkpoint s-1 and
+    the keys of the samples and evaluations it trains on: it depends on its chain only, never on
+    the total number of steps or on other seeds, so adding a step or a seed reuses the rest.
+    """
+    config = plan.config
+    ttt = config.get("ttt")
+    if not ttt or not ttt.get("enabled"):
+        return None
+    tasks = ttt_task_ids(ttt, plan.task_ids)
+    base_ident = sample_identity(config, plan.tasks_key)
+    step0_ident = {**base_ident, "sampling": {**base_ident["sampling"], "k": ttt["k"]}}
+    step0_key = short_hash(step0_ident)
+    step_settings = {**config["sampling"], "k": ttt["k"], "prompt": config["prompt"]}
+    plan.sample_sets.setdefault(step0_key, {"identity": step0_ident, "policy": "base", "settings": step_settings})
+    train_ident = {k: v for k, v in ttt.items() if k not in ("enabled", "seeds", "steps", "probe", "score_micro_batch")}
+    steps: dict[tuple[int, int], TTTStep] = {}
+    checkpoints: dict[str, TTTStep] = {}
+    for seed in ttt["seeds"]:
+        steps[(seed, 0)] = TTTStep(seed, 0, "base", step0_key, None, None, [])
+        for s in range(1, ttt["steps"] + 1):
+            prev = steps[(seed, s - 1)]
+            train_tasks = batch_tasks(tasks, ttt["tasks_per_batch"], s)
+            ckey = short_hash({
+                "ttt": train_ident, "model": config["model"], "seed": seed, "step": s,
+                "previous": prev.checkpoint_key, "train_samples": prev.sample_key, "train_tasks": train_tasks,
+                "sampling_seed": prev.sampling_seed("train"), "evaluations": plan.base_eval_key,
+                "code": stage_code("ttt"),
+            })
+            policy = f"ttt-seed{seed}-step{s}"
+            ident = {**step0_ident, "policy": policy, "adapter": ckey}
+            skey = short_hash(ident)
+            step = TTTStep(seed, s, policy, skey, ckey, prev.checkpoint_key, train_tasks)
+            steps[(seed, s)] = checkpoints[ckey] = step
+            plan.sample_sets[skey] = {
+                "identity": ident, "policy": policy, "settings": step_settings,
+                "adapter": f"{plan.store}/ttt/{ckey}/adapter",
+            }
+    probe_seed = config["sampling"]["seeds"][0]
+    probe_key = short_hash({"samples": plan.base_sample_key, "seed": probe_seed, "tasks": tasks,
+                            "micro_batch": ttt["score_micro_batch"], "code": stage_code("score")})
+    return TTTPlan(settings=ttt, task_ids=tasks, steps=steps, checkpoints=checkpoints,
+                   probe_key=probe_key, probe_seed=probe_seed)

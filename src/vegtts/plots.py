@@ -403,3 +403,92 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
             written += _save(draw() if drawable else placeholder_figure(title, reason), out_dir, name)
     log.info("figures: %s", ", ".join(p.name for p in written))
     return written
+
+
+# ---------------------------------------------------------------- test-time training
+
+TTT_FIGURE_NAMES = ("ttt_trajectory", "ttt_rho")
+SEED_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
+
+
+def ttt_trajectory_figure(traj: pd.DataFrame, selection: pd.DataFrame, curve: pd.DataFrame, k: int) -> plt.Figure:
+    """Left: per-sample fast_1 rate per step (train batch solid, heldout dashed), one colour per
+    seed, the in-sample Best-of-Adaptation step starred, the base per-sample rate as reference.
+    Right: task success (Best-of-K from the step's checkpoint) with Best-of-N at equal budget."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    bon = dict(zip(curve["k"].astype(int), curve["fast_1_at_k"]))
+    base_rate = traj[(traj["step"] == 0)]["fast_1_rate"].mean()
+    for i, (seed, d) in enumerate(traj.groupby("ttt_seed", sort=True)):
+        color = SEED_COLORS[i % len(SEED_COLORS)]
+        for batch, ls in (("train", "-"), ("heldout", "--")):
+            b = d[d["batch"] == batch].sort_values("step")
+            ax1.plot(b["step"], b["fast_1_rate"], ls, color=color, marker="o", ms=3,
+                     label=f"seed {seed} ({batch})")
+            ax2.plot(b["step"], b["task_success"], ls, color=color, marker="o", ms=3)
+        chosen = selection[(selection["ttt_seed"].astype(str) == str(seed)) & (selection["rule"] == "boa_in_sample")]
+        if len(chosen):
+            s = int(chosen["chosen_step"].iloc[0])
+            row = d[(d["batch"] == "train") & (d["step"] == s)]
+            ax1.plot([s], row["fast_1_rate"], "*", color=color, ms=13, mec="black", mew=0.6)
+    ax1.axhline(base_rate, color=CURVE_COLOR, lw=1, ls=":", label="base per-sample rate (step 0)")
+    steps = sorted(traj["step"].unique())
+    ref = [(s, bon.get((int(s) + 1) * k)) for s in steps]
+    ref = [(s, v) for s, v in ref if v is not None and not pd.isna(v)]
+    if ref:
+        ax2.plot([s for s, _ in ref], [v for _, v in ref], color=CURVE_COLOR, marker="s", ms=4,
+                 label="Best-of-N, N = (s+1)K (equal rollouts)")
+    if k in bon:
+        ax2.axhline(bon[k], color=CURVE_COLOR, lw=1, ls=":", label=f"Best-of-N, N = K = {k}")
+    ax1.set(xlabel="TTT step (0 = base)", ylabel="fast_1 rate (per sample)", title="Per-sample fast_1 (star: BoA in-sample)")
+    ax2.set(xlabel="TTT step (0 = base)", ylabel="task success", title="Task success (Best-of-K per step)")
+    for ax in (ax1, ax2):
+        ax.set_xticks(steps)
+        ax.yaxis.set_major_formatter(FuncFormatter(_percent))
+        ax.set_ylim(-0.02, 1.02)
+    ax1.legend(loc="best", fontsize=7)
+    ax2.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def ttt_rho_figure(probe: pd.DataFrame) -> plt.Figure:
+    """rho(NLL, speedup) per step and subset, one colour per seed; mean NLL on the right."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.4))
+    for i, (seed, d) in enumerate(probe.groupby("ttt_seed", sort=True)):
+        color = SEED_COLORS[i % len(SEED_COLORS)]
+        d = d.sort_values("step")
+        for subset, ls, marker in (("all", "-", "o"), ("correct", "--", "s"), ("slowest_quartile_of_correct", ":", "^")):
+            n = int(d[f"n_{subset}"].max()) if len(d) else 0
+            ax1.plot(d["step"], d[f"rho_{subset}"], ls, color=color, marker=marker, ms=3,
+                     label=f"seed {seed}: {subset.replace('_', ' ')} (n={n})")
+        ax2.plot(d["step"], d["mean_nll"], color=color, marker="o", ms=3, label=f"seed {seed}")
+    ax1.axhline(0, color=CURVE_COLOR, lw=0.8)
+    ax1.set(xlabel="TTT step (0 = base)", ylabel="Spearman rho(NLL, speedup)", title="Over-sharpening probe",
+            ylim=(-1.05, 1.05))
+    ax2.set(xlabel="TTT step (0 = base)", ylabel="mean NLL per code token", title="Mean NLL of the fixed base samples")
+    steps = sorted(probe["step"].unique()) if len(probe) else [0]
+    for ax in (ax1, ax2):
+        ax.set_xticks(steps)
+    ax1.legend(loc="best", fontsize=6)
+    ax2.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def make_ttt_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """ttt_trajectory and ttt_rho (PNG + PDF) from the ttt_*.csv tables."""
+    from vegtts.analysis.ttt import TTT_TABLES
+
+    tables_dir, out_dir = Path(tables_dir), Path(out_dir)
+    traj, header = read_table(tables_dir / TTT_TABLES["trajectory"])
+    selection, _ = read_table(tables_dir / TTT_TABLES["selection"])
+    curve, _ = read_table(tables_dir / TTT_TABLES["bon_curve"])
+    probe, _ = read_table(tables_dir / TTT_TABLES["probe"])
+    k = int(header.get("ttt_k", 0))
+    written: list[Path] = []
+    with plt.rc_context(STYLE):
+        written += _save(ttt_trajectory_figure(traj, selection, curve, k), out_dir, "ttt_trajectory")
+        rho = ttt_rho_figure(probe) if not probe.empty else placeholder_figure("Over-sharpening probe", "probe disabled (ttt.probe: false)")
+        written += _save(rho, out_dir, "ttt_rho")
+    log.info("ttt figures: %s", ", ".join(p.name for p in written))
+    return written

@@ -326,8 +326,12 @@ def make_report(
     provenance: Mapping[str, Any],
     stage_times: Mapping[str, float | Mapping[str, float]] | None,
     out_html: str | Path,
+    ttt: bool = False,
 ) -> Path:
-    """Write the self-contained report to `out_html` (atomically) and return its path."""
+    """Write the self-contained report to `out_html` (atomically) and return its path.
+
+    `ttt`: add the test-time training section from the ttt_*.csv tables and ttt_*.png figures
+    (without it, a note says TTT was not run)."""
     tables_dir, figures_dir, out_html = Path(tables_dir), Path(figures_dir), Path(out_html)
     read = {name: _read(tables_dir, name) for name in TABLE_FILES}
     tables = {name: df for name, (df, _) in read.items()}
@@ -347,7 +351,8 @@ def make_report(
         else:
             parts.append(f'<p class="note">Figure {esc(name)} is missing.</p>')
     # Any other PNG (a figure added later) is embedded too, under its file name.
-    extra = sorted(p for p in figures_dir.glob("*.png") if p.stem not in FIGURE_CAPTIONS) if figures_dir.is_dir() else []
+    shown = set(FIGURE_CAPTIONS) | set(TTT_FIGURE_CAPTIONS)  # TTT figures only in their section (stale ones never)
+    extra = sorted(p for p in figures_dir.glob("*.png") if p.stem not in shown) if figures_dir.is_dir() else []
     for png in extra:
         parts.append(f"<figure>{_embed_png(png)}<figcaption>{esc(png.stem)}</figcaption></figure>")
 
@@ -364,8 +369,16 @@ def make_report(
         parts.append(f"<h3>{esc(heading)} <span class=\"note\">({esc(TABLE_FILES[name])})</span></h3>")
         parts.append(html_table(df) if not df.empty else '<p class="note">missing</p>')
 
+    ttt_headers: list[Mapping[str, str]] = []
+    if ttt:
+        ttt_parts, ttt_headers = ttt_section(tables_dir, figures_dir)
+        parts += ttt_parts
+    else:
+        parts.append('<h2>Test-time training</h2><p class="note">Not run in this experiment (config key '
+                     "'ttt.enabled' is false).</p>")
+
     parts.append("<h2>Definitions</h2><dl>")
-    for key, text in _definitions([h for _, h in read.values()]).items():
+    for key, text in _definitions([h for _, h in read.values()] + ttt_headers).items():
         parts.append(f"<dt>{esc(key)}</dt><dd>{esc(text)}</dd>")
     parts.append("</dl>")
 
@@ -384,6 +397,70 @@ def make_report(
     write_text(out_html, "\n".join(parts) + "\n")
     log.info("report: %s", out_html)
     return out_html
+
+
+TTT_FIGURE_CAPTIONS = {
+    "ttt_trajectory": "TTT trajectory. Left: per-sample fast_1 rate per step, one colour per TTT seed (solid: train "
+                      "batch, dashed: the fresh heldout batch); star: the step Best-of-Adaptation picks in-sample; dotted: "
+                      "the base policy's per-sample rate. Right: task success (at least one fast_1 among the K samples of "
+                      "the step) against Best-of-N with the same rollouts per task, N = (s+1)K.",
+    "ttt_rho": "Over-sharpening probe: Spearman rho(NLL, speedup) of the fixed base Best-of-N samples scored under each "
+               "checkpoint (all samples, correct only, slowest quartile of correct), and their mean NLL per step.",
+}
+
+
+def _fmt_ratio(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.0f}%"
+
+
+def ttt_summary(selection: pd.DataFrame, equal: pd.DataFrame) -> list[str]:
+    """One paragraph per headline rule, averaged over seeds, with the like-for-like comparison."""
+    out = []
+    mean = selection[selection["ttt_seed"].astype(str) == "mean"].set_index("rule")
+    eq = equal[equal["ttt_seed"].astype(str) == "mean"].set_index("rule")
+    if mean.empty:
+        return ['<p class="note">No TTT selection results.</p>']
+    for rule in ("boa_in_sample", "boa_held_out"):
+        if rule not in mean.index:
+            continue
+        r, e = mean.loc[rule], eq.loc[rule] if rule in eq.index else None
+        text = (f"<b>{esc(rule)}</b> (mean over seeds): per-sample fast_1 {_fmt_ratio(r['fast_1_rate'])} "
+                f"(train batch {_fmt_ratio(r['fast_1_rate_train'])}, heldout {_fmt_ratio(r['fast_1_rate_heldout'])}), "
+                f"task success {_fmt_ratio(r['task_success'])}.")
+        if e is not None:
+            text += (f" Like for like: base per-sample fast_1 {_fmt_ratio(e['base_fast_1_rate'])}; Best-of-N task success "
+                     f"at the same {int(e['budget_rollouts_per_task'])} rollouts per task "
+                     f"{_fmt_ratio(e['bon_task_success_at_budget'])}; equivalent K (task success vs task success) "
+                     f"{esc(e['equivalent_k_text'])}; the paper's mixed comparison (per-sample rate vs task success) "
+                     f"would give {esc(e['equivalent_k_paper_mixed_text'])}.")
+        out.append(f"<p>{text}</p>")
+    return out
+
+
+def ttt_section(tables_dir: Path, figures_dir: Path) -> tuple[list[str], list[Mapping[str, str]]]:
+    from vegtts.analysis.ttt import TTT_TABLES
+
+    read = {name: read_table(tables_dir / file) for name, file in TTT_TABLES.items()}
+    t = {name: df for name, (df, _) in read.items()}
+    parts = ["<h2>Test-time training</h2>"]
+    parts += ttt_summary(t["selection"], t["equal_budget"])
+    for name, caption in TTT_FIGURE_CAPTIONS.items():
+        png = figures_dir / f"{name}.png"
+        parts.append(f"<figure>{_embed_png(png)}<figcaption>{esc(caption)}</figcaption></figure>" if png.exists()
+                     else f'<p class="note">Figure {esc(name)} is missing.</p>')
+    sel, traj = t["selection"], t["trajectory"]
+    for seed in sorted(traj["ttt_seed"].unique()) if not traj.empty else []:
+        parts.append(f"<h3>TTT seed {esc(seed)} <span class=\"note\">(ttt_selection.csv, ttt_trajectory.csv)</span></h3>")
+        parts.append(html_table(sel[sel["ttt_seed"].astype(str) == str(seed)]))
+        parts.append(html_table(traj[traj["ttt_seed"] == seed]))
+    for name, heading in (("selection", "Checkpoint selection, all seeds and their mean"),
+                          ("equal_budget", "TTT against Best-of-N at equal budget, equivalent K"),
+                          ("probe", "Over-sharpening probe"), ("compute", "Compute accounting"),
+                          ("bon_curve", "Best-of-N reference curve (base pool)")):
+        df = t[name]
+        parts.append(f"<h3>{esc(heading)} <span class=\"note\">({esc(TTT_TABLES[name])})</span></h3>")
+        parts.append(f'<div class="scroll">{html_table(df)}</div>' if not df.empty else '<p class="note">empty</p>')
+    return parts, [h for _, h in read.values()]
 
 
 COMPARE_TABLES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (

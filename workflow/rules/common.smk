@@ -18,10 +18,10 @@ config.update(_validated)
 try:
     TASK_IDS = list_task_ids(config["tasks"])
     MODEL_PATH, MODEL_MARKER = model_location(config["model"]["source"], config["resources_dir"])
+    PLAN = build_plan(config, TASK_IDS, MODEL_PATH, MODEL_MARKER)
 except ValueError as err:
     raise WorkflowError(str(err)) from None
 
-PLAN = build_plan(config, TASK_IDS, MODEL_PATH, MODEL_MARKER)
 RESULTS = PLAN.results
 STORE = PLAN.store
 EXP = PLAN.exp_dir
@@ -61,3 +61,9 @@ def all_cores(fallback=1):
         return workflow.cores
     except WorkflowError:
         return fallback
+
+
+def sample_adapter(wildcards):
+    """The LoRA adapter a sample set is drawn from (TTT checkpoints), or nothing (the base policy)."""
+    adapter = PLAN.sample_sets[wildcards.skey].get("adapter")
+    return [adapter] if adapter else []

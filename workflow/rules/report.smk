@@ -4,6 +4,7 @@ rule report:
         figures=rules.figures.output.png,
         samples=PLAN.base_sample_files(),
         evaluations=PLAN.base_eval_files(),
+        ttt=ttt_report_inputs,
     output:
         report(PLAN.report_file, caption="../report/report.rst", category="Report"),
     params:
@@ -11,11 +12,12 @@ rule report:
         tables=f"{EXP}/tables",
         figures=f"{EXP}/figures",
         code=stage_code("report"),
+        ttt="--ttt" if PLAN.ttt else "",
     conda:
         "../../envs/vegtts.yaml"
     log:
         f"{EXP}/logs/report.log",
     shell:
         "vegtts report --tables {params.tables} --figures {params.figures}"
-        " --config {params.config:q} --timings {input.samples} {input.evaluations}"
+        " --config {params.config:q} --timings {input.samples} {input.evaluations} {params.ttt}"
         " --out {output} > {log} 2>&1"

@@ -2,12 +2,14 @@ rule sample:
     input:
         tasks=PLAN.tasks_file,
         model=model_inputs,
+        adapter=sample_adapter,
     output:
         f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.parquet",
     params:
         settings=sampling_settings,
         policy=sample_policy,
         model=PLAN.model_path,
+        adapter=lambda w: " ".join(sample_adapter(w)),
     conda:
         "../../envs/vegtts.yaml"
     log:
@@ -20,4 +22,4 @@ rule sample:
     shell:
         "vegtts sample --tasks {input.tasks} --task {wildcards.task} --seed {wildcards.seed}"
         " --policy {params.policy} --model {params.model:q} --settings {params.settings:q}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --threads {threads} --adapter={params.adapter:q} --out {output} > {log} 2>&1"
