@@ -348,10 +348,19 @@ class Launcher(Protocol):
     def close(self) -> None: ...
 
 
+# glibc backs its heap with transparent huge pages (madvise; THP "madvise" or "always" mode).
+# Tensors come from the heap (steady_malloc), and fragmentation lets a heap grow for a while: a
+# fresh child then took ~10^4 first-touch page faults inside its timed calls (the long-lived
+# reference child had already grown its heap), which on a VM, where a fault is expensive, made an
+# A/A candidate ~11% slower.  With 2 MB pages that growth costs a few faults, on both sides.
+HEAP_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([_SRC_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONHASHSEED"] = "0"
+    env["GLIBC_TUNABLES"] = ":".join([t for t in env.get("GLIBC_TUNABLES", "").split(":") if t] + [HEAP_TUNABLE])
     return env
 
 
