@@ -29,7 +29,7 @@ from vegtts.evaluate import cache as eval_cache
 from vegtts.evaluate.child import aliasing
 from vegtts.evaluate.compare import Comparison, compare_outputs, same_values
 from vegtts.evaluate.guards import parent_check, static_check
-from vegtts.evaluate.server import Launcher, shared_fork_server
+from vegtts.evaluate.server import ForkServer, Launcher, shared_fork_server
 from vegtts.evaluate.pool import InputPool
 from vegtts.evaluate.protocol import Encoded
 from vegtts.evaluate.session import ChildFailure, ChildSession, encode_request
@@ -459,6 +459,11 @@ def _time_rounds(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession) -
                 return Verdict("rejected", f"timed_output_mismatch: round {r}: {cmp.error}", "timed_output_mismatch")
     except ChildFailure as f:
         return Verdict(f.status, f"during timing: {f.error}", f.guard)
+    if len(ref_untimed) >= 4:
+        # like with like: the first entry only loads and the last only checks; the others check a
+        # round and load the next (where a round's inputs are released), so hidden work there is
+        # not diluted by the two lighter entries (with 5 rounds they set the lower quartile)
+        ref_untimed, cand_untimed = ref_untimed[1:-1], cand_untimed[1:-1]
     reason = untimed_work_reason(ref_untimed, cand_untimed, [m * calls * 1e6 for m in ref_ms])
     if reason:
         return Verdict("rejected", reason, "untimed_work")
@@ -534,6 +539,24 @@ def _no_strays(verdict: Verdict, child: ChildSession) -> Verdict:
     return verdict
 
 
+@contextlib.contextmanager
+def _this_thread_on(cpus: list[int] | None) -> Iterator[None]:
+    """Run the calling thread on `cpus` for a while (None: leave it where it is).
+
+    With several workers, one candidate's correctness overlaps another's timing; the parent's
+    receives and comparisons for the trials then competed with the timed children for their cpu.
+    """
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def evaluate_candidate(ctx: ReferenceContext, program: str, launcher: Launcher) -> Verdict:
     """One child for correctness (on the non-timing cpus) and then timing (under the machine lock).
 
@@ -543,7 +566,8 @@ def evaluate_candidate(ctx: ReferenceContext, program: str, launcher: Launcher) 
     timing_cpus, correctness_cpus = cpu_split(settings.threads)
     t0 = time.monotonic()
     with _session(launcher, settings, correctness_cpus, phases=2, extra_mb=ctx.extra_mb()) as cand:
-        verdict = _no_strays(check_correctness(ctx, cand, program), cand)
+        with _this_thread_on(correctness_cpus):  # the parent's side of the trials stays off the timing cpus
+            verdict = _no_strays(check_correctness(ctx, cand, program), cand)
         verdict.seconds = time.monotonic() - t0
         if verdict.status != "ok":
             return verdict
@@ -670,6 +694,8 @@ def evaluate_task(
             to_run.append(program)
     if to_run:
         launcher = launcher or shared_fork_server()
+        if isinstance(launcher, ForkServer):  # forks and kills stay off the timing cpus too
+            launcher.pin(cpu_split(settings.threads)[1])
         ctx = _reference_context(spec, settings)
 
         def run(program: str) -> None:

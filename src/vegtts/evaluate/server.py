@@ -408,6 +408,13 @@ class ForkServer:
             return -1  # closed: the server killed every child it still had when it exited
         return int(self._request({"op": "finish", "pid": pid, "wait": wait})["status"])
 
+    def pin(self, cpus: list[int] | None) -> None:
+        """Keep the server on `cpus` (None: every cpu); children then move to their own cpus."""
+        try:
+            os.sched_setaffinity(self._proc.pid, cpus or os.sched_getaffinity(0))
+        except OSError:
+            pass
+
     def alive(self) -> bool:
         return self._proc.poll() is None
 
