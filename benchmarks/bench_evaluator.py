@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--overhead", type=int, default=8, help="candidates per launcher in the overhead comparison")
     ap.add_argument("--settings", default="{}", help="JSON of EvalSettings overrides (default: the defaults)")
     ap.add_argument("--aa-only", action="store_true", help="run only the A/A part")
+    ap.add_argument("--overhead-only", action="store_true", help="run only the overhead part")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     s = EvalSettings.from_dict(json.loads(args.settings))
@@ -138,11 +139,16 @@ def main() -> None:
         return aa_run(spec, s, args.aa)
     oh = overhead(spec, s, args.overhead)
     print(f"\n== per-candidate overhead (evaluation wall time minus timed work), {args.overhead} honest candidates each ==")
+    print("   timed work = (warmup_calls + timing_rounds x calls_per_round) x (ref + cand per-call median)"
+          " + correctness_trials x cand;\n   overhead = the rest (fork/start, setup, transfers, input loads, output"
+          " checks, comparisons, cleanup); max_parallel=1, task context already built")
     for name, label in (("fork_server", "fork server"), ("fresh_interpreter", "fresh interpreter")):
         print(f"{label + ':':19s} median {oh[name] * 1000:8.1f} ms; from batch wall {oh[name + '_wall'] * 1000:8.1f} ms   "
               f"(evaluation {oh[name + '_eval_s']:.3f} s, timed work {oh[name + '_timed_s']:.3f} s)")
     print(f"ratio fresh/fork:   {oh['fresh_interpreter'] / oh['fork_server']:.1f}x (median), "
           f"{oh['fresh_interpreter_wall'] / oh['fork_server_wall']:.1f}x (batch wall)")
+    if args.overhead_only:
+        return
 
     n = args.throughput
     mix = (programs(spec, HONEST, n // 4, 20_000) + programs(spec, FAST, n // 4, 20_000)

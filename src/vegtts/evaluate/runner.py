@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from vegtts.evaluate import cache as eval_cache
 from vegtts.evaluate.child import aliasing
 from vegtts.evaluate.compare import Comparison, compare_outputs, same_values
 from vegtts.evaluate.guards import parent_check, static_check
-from vegtts.evaluate.server import Launcher, shared_fork_server
+from vegtts.evaluate.server import ForkServer, Launcher, shared_fork_server
 from vegtts.evaluate.pool import InputPool
 from vegtts.evaluate.protocol import Encoded
 from vegtts.evaluate.session import ChildFailure, ChildSession, encode_request
@@ -47,6 +48,10 @@ UNTIMED_FLOOR_NS = 5_000_000  # hidden work below this per round is not told apa
 # an honest candidate measured 4.85 ms over the reference in CI)
 UNTIMED_SHARE = 0.5  # ... nor below this share of the reference's batch time
 TIMED_CHECK_ELEMENTS = 16384  # elements per output tensor compared after every timed batch
+TIMING_NICE = -20  # both timing children and the parent's clock thread, while a candidate is timed
+
+
+_CHECK_SECRET = secrets.token_hex(16)
 
 
 class ReferenceError_(RuntimeError):
@@ -253,7 +258,9 @@ class ReferenceContext:
 
     def output_indices(self, round_idx: int) -> list[torch.Tensor | None]:
         """Random element positions per output tensor for a timed batch, drawn after the batch ran."""
-        g = torch.Generator().manual_seed(derive_seed(self.settings.seed, "check", round_idx))
+        # from a secret of this process, not from the (public) seed alone: a candidate that could
+        # predict the positions could compute just those in its timed calls
+        g = torch.Generator().manual_seed(derive_seed(self.settings.seed, "check", round_idx, _CHECK_SECRET))
         out: list[torch.Tensor | None] = []
         for t in _flat_tensors(self.trials[0].output):
             n = t.numel()
@@ -372,15 +379,46 @@ def _on_ref(spec: TaskSpec, fn: Any, *args: Any) -> Any:
         raise ReferenceError_(f"task {spec.task_id}: reference timing child failed: {f}") from f
 
 
+@contextlib.contextmanager
+def timing_priority(*children: ChildSession) -> Iterator[None]:
+    """Both timing children and this (clock) thread at TIMING_NICE while a candidate is timed.
+
+    On a shared machine the timing cpu is contended by other users' jobs (nice >= 0); at nice
+    -20 the timed children get nearly all of it, so a batch waits less for the cpu (on a 16-core
+    box with 3 busy loops on the timing cpus the A/A standard error halved).  Needs root;
+    otherwise a no-op.  Correctness trials keep the normal priority.
+    """
+    me = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, me)
+    for child in children:
+        child.set_nice(TIMING_NICE)
+    try:
+        os.setpriority(os.PRIO_PROCESS, me, TIMING_NICE)
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        try:
+            os.setpriority(os.PRIO_PROCESS, me, before)
+        except OSError:
+            pass
+
+
 def time_candidate(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession) -> Verdict:
     """Interleaved rounds (ref, cand / cand, ref / ...) between two set-up children.
 
     Call under the machine's timing lock.  Raises ReferenceError_ if the reference child fails
     (an evaluator problem, not the candidate's).
     """
-    settings, spec = ctx.settings, ctx.spec
-    timing_cpus, _ = cpu_split(settings.threads)
+    timing_cpus, _ = cpu_split(ctx.settings.threads)
     cand.pin(timing_cpus)
+    with timing_priority(ref, cand):
+        return _time_rounds(ctx, ref, cand)
+
+
+def _time_rounds(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession) -> Verdict:
+    settings, spec = ctx.settings, ctx.spec
     cand.extend(settings.timeout_s)
     # the reference child outlives the candidate's deadline, so a slow candidate times out, not the reference
     ref.extend(2 * settings.timeout_s + 30)
@@ -398,18 +436,22 @@ def time_candidate(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession)
         ref_untimed.append(_on_ref(spec, ctx.load, ref, 0, 0))
         cand_untimed.append(ctx.load(cand, 1, 0))
         for r in range(settings.timing_rounds):
-            order = (ref, cand) if r % 2 == 0 else (cand, ref)
-            for child in order:
+            for child in _round_order(ref, cand, r):
                 if child is ref:
                     _, ns = _on_ref(spec, ref.timed_request, {"op": "run"})
                     ref_ms.append(ns / 1e6 / calls)
                 else:
                     _, ns = cand.timed_request({"op": "run"})
                     cand_ms.append(ns / 1e6 / calls)
-            ref_out, ns = _on_ref(spec, ctx.check_and_load, ref, 0, r)
-            ref_untimed.append(ns)
-            cand_out, ns = ctx.check_and_load(cand, 1, r)
-            cand_untimed.append(ns)
+            # the next round's inputs are loaded in that round's run order, so each side's run
+            # follows its own load equally closely over a pair of rounds
+            for child in _round_order(ref, cand, r + 1):
+                if child is ref:
+                    ref_out, ns = _on_ref(spec, ctx.check_and_load, ref, 0, r)
+                    ref_untimed.append(ns)
+                else:
+                    cand_out, ns = ctx.check_and_load(cand, 1, r)
+                    cand_untimed.append(ns)
             cmp = compare_outputs(ref_out["sampled"], cand_out.get("sampled"), spec.atol, spec.rtol)
             if ref_out["shapes"] != cand_out.get("shapes"):
                 cmp = Comparison(False, error=f"output shapes {cand_out.get('shapes')} != reference {ref_out['shapes']}")
@@ -417,11 +459,20 @@ def time_candidate(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession)
                 return Verdict("rejected", f"timed_output_mismatch: round {r}: {cmp.error}", "timed_output_mismatch")
     except ChildFailure as f:
         return Verdict(f.status, f"during timing: {f.error}", f.guard)
+    if len(ref_untimed) >= 4:
+        # like with like: the first entry only loads and the last only checks; the others check a
+        # round and load the next (where a round's inputs are released), so hidden work there is
+        # not diluted by the two lighter entries (with 5 rounds they set the lower quartile)
+        ref_untimed, cand_untimed = ref_untimed[1:-1], cand_untimed[1:-1]
     reason = untimed_work_reason(ref_untimed, cand_untimed, [m * calls * 1e6 for m in ref_ms])
     if reason:
         return Verdict("rejected", reason, "untimed_work")
     stats = speedup_stats(ref_ms, cand_ms, settings.bootstrap, derive_seed(settings.seed, "bootstrap"))
     return Verdict("ok", timing=stats)
+
+
+def _round_order(ref: ChildSession, cand: ChildSession, r: int) -> tuple[ChildSession, ChildSession]:
+    return (ref, cand) if r % 2 == 0 else (cand, ref)
 
 
 def untimed_work_reason(ref_untimed: list[int], cand_untimed: list[int], ref_batch_ns: list[float]) -> str | None:
@@ -488,6 +539,24 @@ def _no_strays(verdict: Verdict, child: ChildSession) -> Verdict:
     return verdict
 
 
+@contextlib.contextmanager
+def _this_thread_on(cpus: list[int] | None) -> Iterator[None]:
+    """Run the calling thread on `cpus` for a while (None: leave it where it is).
+
+    With several workers, one candidate's correctness overlaps another's timing; the parent's
+    receives and comparisons for the trials then competed with the timed children for their cpu.
+    """
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def evaluate_candidate(ctx: ReferenceContext, program: str, launcher: Launcher) -> Verdict:
     """One child for correctness (on the non-timing cpus) and then timing (under the machine lock).
 
@@ -497,7 +566,8 @@ def evaluate_candidate(ctx: ReferenceContext, program: str, launcher: Launcher) 
     timing_cpus, correctness_cpus = cpu_split(settings.threads)
     t0 = time.monotonic()
     with _session(launcher, settings, correctness_cpus, phases=2, extra_mb=ctx.extra_mb()) as cand:
-        verdict = _no_strays(check_correctness(ctx, cand, program), cand)
+        with _this_thread_on(correctness_cpus):  # the parent's side of the trials stays off the timing cpus
+            verdict = _no_strays(check_correctness(ctx, cand, program), cand)
         verdict.seconds = time.monotonic() - t0
         if verdict.status != "ok":
             return verdict
@@ -628,6 +698,8 @@ def evaluate_task(
             to_run.append(program)
     if to_run:
         launcher = launcher or shared_fork_server()
+        if isinstance(launcher, ForkServer):  # forks and kills stay off the timing cpus too
+            launcher.pin(cpu_split(settings.threads)[1])
         ctx = _reference_context(spec, settings)
 
         def run(program: str) -> None:

@@ -348,10 +348,19 @@ class Launcher(Protocol):
     def close(self) -> None: ...
 
 
+# glibc backs its heap with transparent huge pages (madvise; THP "madvise" or "always" mode).
+# Tensors come from the heap (steady_malloc), and fragmentation lets a heap grow for a while: a
+# fresh child then took ~10^4 first-touch page faults inside its timed calls (the long-lived
+# reference child had already grown its heap), which on a VM, where a fault is expensive, made an
+# A/A candidate ~11% slower.  With 2 MB pages that growth costs a few faults, on both sides.
+HEAP_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([_SRC_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONHASHSEED"] = "0"
+    env["GLIBC_TUNABLES"] = ":".join([t for t in env.get("GLIBC_TUNABLES", "").split(":") if t] + [HEAP_TUNABLE])
     return env
 
 
@@ -398,6 +407,13 @@ class ForkServer:
         if self._sock.fileno() < 0:
             return -1  # closed: the server killed every child it still had when it exited
         return int(self._request({"op": "finish", "pid": pid, "wait": wait})["status"])
+
+    def pin(self, cpus: list[int] | None) -> None:
+        """Keep the server on `cpus` (None: every cpu); children then move to their own cpus."""
+        try:
+            os.sched_setaffinity(self._proc.pid, cpus or os.sched_getaffinity(0))
+        except OSError:
+            pass
 
     def alive(self) -> bool:
         return self._proc.poll() is None

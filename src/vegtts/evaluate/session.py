@@ -92,6 +92,21 @@ class ChildSession:
             except OSError:
                 pass
 
+    def set_nice(self, value: int) -> bool:
+        """Give every thread of the child the scheduling priority `value` (parent side; needs root
+        to go below the current nice value).  False where the OS refused."""
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{self.pid}/task")]
+        except OSError:
+            return False
+        done = True
+        for tid in tids:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, value)
+            except OSError:
+                done = False
+        return done
+
     def stray_processes(self) -> list[int]:
         """Live processes other than the child itself that run as the child's own sandbox uid.
 
