@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from test_workflow import REPO, env_for, make_workdir, tiny_args
+from vegtts.io import sha256_file
 
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
@@ -147,12 +148,28 @@ def test_tiny_experiment_through_the_slurm_profile(slurm_cluster, tmp_path: Path
     workdir = make_workdir(tmp_path / "wd")
     profile = ci_profile(tmp_path / "profile")
     cmd = [sys.executable, "-m", "snakemake", "--profile", str(profile), *tiny_args()]
+    env = env_for(workdir)
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=workdir, env=env_for(workdir), capture_output=True, text=True, timeout=1500)
+    # Kill the head (SIGKILL) once the first evaluation job runs on Slurm; the job runs on without it,
+    # as when the login node's process dies. Then resume the way the README says.
+    with open(tmp_path / "head.out", "w") as head_log:
+        head = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=head_log, stderr=subprocess.STDOUT)
+        while not any(j["comment"].startswith("rule_evaluate") and j["state"] == "RUNNING" for j in squeue_jobs()):
+            assert head.poll() is None, (tmp_path / "head.out").read_text()[-6000:]
+            assert time.monotonic() - t0 < 1200, "no evaluation job started in 20 minutes"
+            time.sleep(1)
+        head.kill()
+        head.wait()
+    store = workdir / "results" / "store"
+    finished = {p: sha256_file(p) for p in [*store.glob("tasks/*/tasks.json"), *store.glob("samples/*/*/*.parquet")]}
+    mtimes = {p: p.stat().st_mtime_ns for p in finished}
+    subprocess.run([*cmd, "--unlock"], cwd=workdir, env=env, capture_output=True, check=True)
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=1500)
     wall = time.monotonic() - t0
     log = proc.stdout + proc.stderr
-    print(f"tiny experiment on Slurm: {wall:.0f}s")
+    print(f"tiny experiment on Slurm, head killed once and resumed: {wall:.0f}s")
     assert proc.returncode == 0, f"{' '.join(cmd)} failed after {wall:.0f}s:\n{log[-6000:]}"
+    assert finished and all(sha256_file(p) == h and p.stat().st_mtime_ns == mtimes[p] for p, h in finished.items())
 
     report = workdir / "results" / "tiny" / "report.html"
     assert report.is_file() and report.stat().st_size > 10_000, sorted(p.name for p in (workdir / "results").rglob("*"))
@@ -166,6 +183,11 @@ def test_tiny_experiment_through_the_slurm_profile(slurm_cluster, tmp_path: Path
     # every stage ran as a Slurm job, and finished
     assert {"resolve_tasks", "sample", "evaluate", "analyze", "figures", "report"} <= set(by_rule), jobs
     assert all(job["state"] == "COMPLETED" for job in jobs), jobs
+    # the resumed run submitted nothing that had finished before the kill
+    sampled_before_kill = {p.stem for p in finished if p.suffix == ".parquet"}
+    assert len(by_rule["resolve_tasks"]) == 1, jobs
+    for task in sampled_before_kill:
+        assert len([j for j in by_rule["sample"] if j["comment"].endswith(f"_{task}")]) == 1, (task, jobs)
     # sampling went to the gpu partition with a GPU; the rest to the cpu partition without one
     for job in by_rule["sample"]:
         assert job["partition"] == "gpu" and job["gpus"] == "gres:gpu:1", job
