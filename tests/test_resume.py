@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_workflow import env_for, make_workdir, tiny_args
+from test_workflow import env_for, job_counts, make_workdir, tiny_args
 from vegtts.io import read_parquet_metadata, sha256_file
 
 pytestmark = pytest.mark.slow
@@ -38,23 +38,6 @@ TASKS = ("relu_where", "sigmoid_exp")  # .test/config/tiny.yaml
 
 def snakemake_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", "--cores", "2", *args, *tiny_args()]
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Rule -> planned job count, from the first "Job stats" table Snakemake prints."""
-    counts: dict[str, int] = {}
-    in_table = False
-    for line in output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if not parts or parts[0] == "total":
-                break
-            if not parts[0].startswith("-"):
-                counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def _group_alive(pgid: int) -> bool:

@@ -55,24 +55,26 @@ def tiny_args(*extra_config: str) -> list[str]:
     ]
 
 
-def planned_rules(proc: subprocess.CompletedProcess) -> set[str]:
-    """Rule names from the job table of a dry run."""
-    out = proc.stdout + proc.stderr
-    rules: set[str] = set()
+def job_counts(output: str) -> dict[str, int]:
+    """Rule -> planned job count, from the first "Job stats" table Snakemake prints."""
+    counts: dict[str, int] = {}
     in_table = False
-    for line in out.splitlines():
+    for line in output.splitlines():
         if line.startswith("job ") and "count" in line:
             in_table = True
             continue
         if in_table:
             parts = line.split()
             if not parts or parts[0] == "total":
-                in_table = False
-                continue
-            if parts[0].startswith("-"):
-                continue
-            rules.add(parts[0])
-    return rules
+                break
+            if not parts[0].startswith("-"):
+                counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def planned_rules(proc: subprocess.CompletedProcess) -> set[str]:
+    """Rule names from the job table of a dry run."""
+    return set(job_counts(proc.stdout + proc.stderr))
 
 
 @pytest.fixture

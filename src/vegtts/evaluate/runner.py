@@ -582,7 +582,8 @@ def evaluate_candidate(ctx: ReferenceContext, program: str, launcher: Launcher) 
     return verdict
 
 
-def _verdict_to_record(spec: TaskSpec, code_sha: str, v: Verdict, seconds: float) -> EvalRecord:
+def verdict_record(spec: TaskSpec, code_sha: str, v: Any, seconds: float, hardware: str | None = None) -> EvalRecord:
+    """The stored record of one verdict (CPU `Verdict` or the CUDA evaluator's, same fields)."""
     rec = EvalRecord(
         task_id=spec.task_id,
         code_sha256=code_sha,
@@ -593,7 +594,7 @@ def _verdict_to_record(spec: TaskSpec, code_sha: str, v: Verdict, seconds: float
         max_abs_err=float(v.max_abs_err),
         max_rel_err=float(v.max_rel_err),
         flags=",".join(v.flags),
-        hardware=hardware_key(),
+        hardware=hardware or hardware_key(),
         eval_seconds=round(seconds, 4),
     )
     if v.timing is not None and v.status == "ok":
@@ -680,7 +681,7 @@ def evaluate_task(
 
     def store(program: str, verdict: Verdict) -> None:
         prog_sha = sha256_text(program) if program else ""
-        record = _verdict_to_record(spec, prog_sha, verdict, verdict.seconds)
+        record = verdict_record(spec, prog_sha, verdict, verdict.seconds)
         if cache_dir is not None and program:
             eval_cache.store(eval_cache.record_path(cache_dir, spec, settings, prog_sha), record)
         results[program] = (record, False)

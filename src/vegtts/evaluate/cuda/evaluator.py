@@ -367,19 +367,9 @@ def _time_candidate(spec: TaskSpec, program: str, settings: EvalSettings, inputs
 
 
 def _record(spec: TaskSpec, program: str, v: Verdict, seconds: float, hardware: str) -> EvalRecord:
-    rec = EvalRecord(
-        task_id=spec.task_id, code_sha256=sha256_text(program) if program else "", status=v.status,
-        correct=v.status == "ok", error=v.error[:2000], guard=v.guard,
-        max_abs_err=float(v.max_abs_err), max_rel_err=float(v.max_rel_err), flags=",".join(v.flags),
-        hardware=hardware, eval_seconds=round(seconds, 4),
-    )
-    if v.timing is not None and v.status == "ok":
-        t = v.timing
-        rec.ref_time_ms, rec.cand_time_ms = t.ref_time_ms, t.cand_time_ms
-        rec.ref_time_spread, rec.cand_time_spread = t.ref_time_spread, t.cand_time_spread
-        rec.speedup, rec.speedup_lo, rec.speedup_hi = t.speedup, t.speedup_lo, t.speedup_hi
-        rec.n_timing_rounds = t.n_rounds
-    return rec
+    from vegtts.evaluate.runner import verdict_record  # runner imports this module lazily
+
+    return verdict_record(spec, sha256_text(program) if program else "", v, seconds, hardware)
 
 
 def default_build_root(cache_dir: Path | None, settings: EvalSettings) -> Path:
