@@ -52,7 +52,7 @@ DEFINITIONS = {
     "rule.per_task_oracle": "for each task separately, the step (1..S) with the highest fast_1 rate of that task on the train batch; values are means over tasks, in-sample (train) and held-out (heldout) columns both given",
     "tie_breaking_ttt": "ties between steps go to the earliest step",
     "probe": "over-sharpening probe: the fixed base Best-of-N samples (sampling seed probe_seed, TTT tasks) scored teacher-forced under every checkpoint; step 0 uses the sampler's own log-probs; NLL = mean over code tokens (mean_code); Spearman rho(NLL, speedup) pooled over tasks, speedup of incorrect samples = 0",
-    "probe_subsets": "all = every probe sample with code tokens; correct = correct samples only; slowest_quartile_of_correct = correct samples whose speedup <= the 25th percentile of the correct samples' speedups; each row gives its n and two-sided p",
+    "probe_subsets": "all = every probe sample with code tokens; correct = correct samples only; slowest_quartile_of_correct = correct samples whose speedup <= the 25th percentile of the correct samples' speedups; each row gives its n and two-sided p (exact permutation p for n <= 8, else scipy's t approximation)",
     "rollouts": "samples drawn and evaluated; TTT methods spend (S+1)*K rollouts per task (train batches of steps 0..S); heldout batches are measurement, counted separately",
     "prompt_tokens": "prompt length x rollouts (what a per-request API would bill; the sampler itself encodes each prompt once per batch)",
     "training_tokens": "completion tokens that entered an update's loss (forward and backward), from the checkpoint's vegtts_ttt_state.json",
@@ -245,7 +245,25 @@ def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float, int]:
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan, math.nan, n
     res = stats.spearmanr(x, y)
+    if n <= EXACT_P_MAX_N:  # the t approximation is poor for tiny n (it gives p = 0 at |rho| = 1)
+        return float(res.statistic), exact_spearman_p(x, y), n
     return float(res.statistic), float(res.pvalue), n
+
+
+EXACT_P_MAX_N = 8
+
+
+def exact_spearman_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided permutation p of Spearman's rho over all n! orderings of y (ties by mid-ranks)."""
+    import itertools
+
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    perms = np.array(list(itertools.permutations(ry)))
+    dx = rx - rx.mean()
+    dy = perms - perms.mean(axis=1, keepdims=True)
+    rhos = (dy @ dx) / (np.sqrt((dy ** 2).sum(axis=1)) * np.sqrt((dx ** 2).sum()))
+    observed = abs(float(np.corrcoef(rx, ry)[0, 1]))
+    return float(np.mean(np.abs(rhos) >= observed - 1e-12))
 
 
 def probe_rows(nll: np.ndarray, speedup: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
