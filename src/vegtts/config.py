@@ -155,3 +155,12 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def dataclass_from_settings(cls: Any, settings: Any, label: str) -> Any:
+    """`cls(**settings)`, refusing keys `cls` does not have (error names `label` and what is known)."""
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"unknown {label} settings: {unknown}; known: {sorted(known)}")
+    return cls(**dict(settings))

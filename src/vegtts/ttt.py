@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from vegtts.config import dataclass_from_settings
 from vegtts.scoring import (
     DEFAULT_LOGIT_CHUNK,
     KEYS,
@@ -178,11 +179,7 @@ class TTTSettings:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TTTSettings":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ttt settings: {unknown}; known: {sorted(known)}")
-        s = cls(**dict(d))
+        s = dataclass_from_settings(cls, d, "ttt")
         s.target_modules = list(s.target_modules)
         s.adam_betas = tuple(s.adam_betas)  # type: ignore[assignment]
         if s.objective not in OBJECTIVES:

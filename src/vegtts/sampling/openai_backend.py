@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from vegtts.config import dataclass_from_settings
 from vegtts.sampling.conversion import (
     Generation,
     generation_from_chat_choice,
@@ -66,11 +67,7 @@ class OpenAISettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "OpenAISettings":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown sampling.openai settings: {unknown}; known: {sorted(known)}")
-        s = cls(**d)
+        s = dataclass_from_settings(cls, d, "sampling.openai")
         if s.api not in API_KINDS:
             raise ValueError(f"config key 'sampling.openai.api': {s.api!r} is not allowed (one of {list(API_KINDS)})")
         if not s.model:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from vegtts.config import dataclass_from_settings
 from vegtts.extract import assemble_program, code_token_span, extract
 from vegtts.io import provenance, sha256_text, write_parquet
 from vegtts.records import SampleRecord, TaskSpec, to_row
@@ -50,11 +51,7 @@ class SamplerSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SamplerSettings":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown sampling settings: {unknown}; known: {sorted(known)}")
-        s = cls(**d)
+        s = dataclass_from_settings(cls, d, "sampling")
         if s.k < 1 or s.batch_size < 1 or s.max_new_tokens < 1:
             raise ValueError("sampling k, batch_size and max_new_tokens must be >= 1")
         if s.temperature < 0 or not 0 < s.top_p <= 1:

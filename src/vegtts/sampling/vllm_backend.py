@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
+from vegtts.config import dataclass_from_settings
 from vegtts.sampling.conversion import (
     Generation,
     chosen_prompt_logprobs,
@@ -41,11 +42,7 @@ class VLLMSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VLLMSettings":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown sampling.vllm settings: {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_settings(cls, d, "sampling.vllm")
 
 
 def import_vllm() -> Any:
