@@ -520,3 +520,53 @@ def test_resolve_tasks_records_validation_findings(tmp_path, caplog):
     assert list(read_tasks_json(out)) == [s.task_id for s in specs]  # the extra key does not break reading
     resolve_tasks_to_json({"suite": "dir", "path": str(suite)}, out, validate=False)
     assert all("validation" not in t for t in json.loads(out.read_text())["tasks"])
+
+
+def test_background_work_reason():
+    from vegtts.evaluate.runner import background_work_reason
+    from vegtts.evaluate.session import CpuUse
+
+    ms = 1_000_000
+    honest = CpuUse(between_requests_ns=1 * ms, in_timed_ns=400 * ms, timed_wall_ns=410 * ms, measured=True)
+    ref = CpuUse(between_requests_ns=0, in_timed_ns=600 * ms, timed_wall_ns=610 * ms, measured=True)
+    assert background_work_reason(honest, ref, threads=1) is None
+    # 30 ms off the clock: above max(10 ms, 5% of 400 ms = 20 ms)
+    hidden = CpuUse(between_requests_ns=30 * ms, in_timed_ns=400 * ms, timed_wall_ns=410 * ms, measured=True)
+    assert background_work_reason(hidden, ref, threads=1).startswith("background_work:")
+    # like with like: a reference that winds down a thread pool between requests sets the baseline
+    spinning_ref = CpuUse(between_requests_ns=25 * ms, in_timed_ns=600 * ms, timed_wall_ns=610 * ms, measured=True)
+    assert background_work_reason(hidden, spinning_ref, threads=1) is None
+    # two cpus' worth of CPU in requests with a budget of one thread
+    wide = CpuUse(between_requests_ns=0, in_timed_ns=800 * ms, timed_wall_ns=410 * ms, measured=True)
+    assert background_work_reason(wide, ref, threads=1).startswith("cpu_budget:")
+    assert background_work_reason(wide, ref, threads=2) is None
+    unmeasured = CpuUse(between_requests_ns=10**12, measured=False)
+    assert background_work_reason(unmeasured, ref, threads=1) is None
+
+
+def test_child_cpu_clock_counts_work_between_requests():
+    """The process CPU clock of a real child sees a thread that works after its request returned."""
+    from vegtts.evaluate.session import ChildSession
+
+    program = PROBLEMS["scale"] + (
+        "\n\nclass ModelNew(Model):\n"
+        "    def forward(self, x):\n"
+        "        import threading\n"
+        "        a = torch.ones(128, 128)\n"
+        "        threading.Thread(target=lambda: [torch.mm(a, a) for _ in range(3000)]).start()\n"
+        "        return super().forward(x)\n"
+    )
+    from vegtts.evaluate.runner import ReferenceContext
+
+    ctx = ReferenceContext.build(spec_of("scale"), FAST)
+    with ChildSession(shared_fork_server(), threads=1, memory_limit_mb=1024, timeout_s=30) as child:
+        cpu = child.track_cpu()
+        child.request(ctx.setup_request("cand", program))
+        try:
+            child.request(ctx.trials[0].payload)
+        except Exception:  # noqa: BLE001 - the background_thread guard may reject the call; the thread runs anyway
+            pass
+        time.sleep(0.5)
+        child.request(ctx.setup_request("cand", PROBLEMS["scale"] + "\n\nclass ModelNew(Model):\n    pass\n"))
+    assert cpu.measured
+    assert cpu.between_requests_ns > 20_000_000, cpu

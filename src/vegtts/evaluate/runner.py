@@ -32,7 +32,7 @@ from vegtts.evaluate.guards import parent_check, static_check
 from vegtts.evaluate.server import ForkServer, Launcher, shared_fork_server
 from vegtts.evaluate.pool import InputPool
 from vegtts.evaluate.protocol import Encoded
-from vegtts.evaluate.session import ChildFailure, ChildSession, encode_request
+from vegtts.evaluate.session import CpuUse, ChildFailure, ChildSession, encode_request
 from vegtts.evaluate.settings import EvalSettings
 from vegtts.evaluate.stats import TimingStats, speedup_stats
 from vegtts.io import hardware_key, sha256_text
@@ -48,6 +48,9 @@ UNTIMED_FLOOR_NS = 5_000_000  # hidden work below this per round is not told apa
 # an honest candidate measured 4.85 ms over the reference in CI)
 UNTIMED_SHARE = 0.5  # ... nor below this share of the reference's batch time
 TIMED_CHECK_ELEMENTS = 16384  # elements per output tensor compared after every timed batch
+BACKGROUND_FLOOR_NS = 10_000_000  # CPU between requests below this is not told apart from housekeeping
+BACKGROUND_SHARE = 0.05  # ... nor below this share of the candidate's CPU in its requests
+CPU_BUDGET_SLACK, CPU_BUDGET_FLOOR_NS = 1.10, 2_000_000  # CPU in requests <= threads x wall x slack + floor
 TIMING_NICE = -20  # both timing children and the parent's clock thread, while a candidate is timed
 
 
@@ -427,6 +430,7 @@ def _time_rounds(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession) -
     ref_untimed: list[int] = []  # ns per round spent in requests outside the clock: load + output check
     cand_untimed: list[int] = []
     calls = settings.calls_per_round
+    ref_cpu, cand_cpu = ref.track_cpu(), cand.track_cpu()
     try:
         if settings.warmup_calls > 0:
             _on_ref(spec, ctx.load, ref, 0, -1)
@@ -467,6 +471,9 @@ def _time_rounds(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession) -
     reason = untimed_work_reason(ref_untimed, cand_untimed, [m * calls * 1e6 for m in ref_ms])
     if reason:
         return Verdict("rejected", reason, "untimed_work")
+    reason = background_work_reason(cand_cpu, ref_cpu, settings.threads)
+    if reason:
+        return Verdict("rejected", reason, reason.split(":", 1)[0])
     stats = speedup_stats(ref_ms, cand_ms, settings.bootstrap, derive_seed(settings.seed, "bootstrap"))
     return Verdict("ok", timing=stats)
 
@@ -491,6 +498,30 @@ def untimed_work_reason(ref_untimed: list[int], cand_untimed: list[int], ref_bat
     if excess > allowed:
         return (f"untimed_work: the candidate's untimed requests take {excess / 1e6:.2f} ms per round more than "
                 f"the reference's (allowed {allowed / 1e6:.2f} ms): work hidden outside the clock")
+    return None
+
+
+def background_work_reason(cand: CpuUse, ref: CpuUse, threads: int) -> str | None:
+    """CPU time the kernel charged to the candidate's process outside what its requests explain.
+
+    Between two requests a child has nothing to do; CPU it uses there (beyond the reference's,
+    e.g. a thread pool winding down) is work off the clock: a torch inter-op task, a native or
+    Python thread filling an output after the timed call returned, a helper stealing the cpu
+    from the reference's batch.  During its timed requests it may use at most `threads` cpus.
+    The clock counts every thread of the process, whatever started it.
+    """
+    if not (cand.measured and ref.measured):
+        return None
+    excess = cand.between_requests_ns - ref.between_requests_ns
+    allowed = max(BACKGROUND_FLOOR_NS, BACKGROUND_SHARE * cand.in_timed_ns)
+    if excess > allowed:
+        return (f"background_work: the candidate's process used {cand.between_requests_ns / 1e6:.1f} ms of CPU between its "
+                f"requests (the reference's {ref.between_requests_ns / 1e6:.1f} ms; allowed excess {allowed / 1e6:.1f} ms): "
+                f"work done off the clock")
+    budget = threads * cand.timed_wall_ns * CPU_BUDGET_SLACK + CPU_BUDGET_FLOOR_NS
+    if cand.in_timed_ns > budget:
+        return (f"cpu_budget: the candidate used {cand.in_timed_ns / 1e6:.1f} ms of CPU in {cand.timed_wall_ns / 1e6:.1f} ms of "
+                f"requests with a budget of {threads} thread(s)")
     return None
 
 

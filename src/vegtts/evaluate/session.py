@@ -9,6 +9,7 @@ import signal
 import socket
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +29,30 @@ class ChildFailure(Exception):
         self.status = status
         self.error = error
         self.guard = guard
+
+
+def process_cpu_clock(pid: int) -> int | None:
+    """The clock id of `pid`'s CPU time (all its threads, ns resolution), or None where unavailable."""
+    try:
+        import ctypes
+
+        clock = ctypes.c_int()
+        if ctypes.CDLL(None).clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
+            return None
+        time.clock_gettime_ns(clock.value)
+        return clock.value
+    except (OSError, AttributeError):
+        return None
+
+
+@dataclass
+class CpuUse:
+    """CPU time a child used while the parent tracked it (see ChildSession.track_cpu)."""
+
+    between_requests_ns: int = 0  # while it had no request to serve: work done in the background
+    in_timed_ns: int = 0  # during its timed requests
+    timed_wall_ns: int = 0  # wall time of those timed requests
+    measured: bool = False  # False where the OS gives no per-process CPU clock
 
 
 def encode_request(msg: dict[str, Any]) -> Encoded:
@@ -69,11 +94,28 @@ class ChildSession:
         tune_socket(self.sock)
         self._closed = False
         self.exit_status: int | None = None
+        self._cpu_clock = process_cpu_clock(self.pid)
+        self.cpu: CpuUse | None = None  # set by track_cpu
+        self._cpu_mark: int | None = None  # CPU time at the end of the last request
 
     def extend(self, timeout_s: float) -> None:
         """A fresh wall-clock budget from now (a session reused for a new phase or candidate)."""
         self.timeout_s = timeout_s
         self.deadline = time.monotonic() + timeout_s
+
+    def track_cpu(self) -> CpuUse:
+        """Start counting this child's CPU time between and during its requests (fresh counters)."""
+        self.cpu = CpuUse(measured=self._cpu_clock is not None)
+        self._cpu_mark = None
+        return self.cpu
+
+    def _cpu_ns(self) -> int | None:
+        if self.cpu is None or self._cpu_clock is None:
+            return None
+        try:
+            return time.clock_gettime_ns(self._cpu_clock)
+        except OSError:  # the child is gone
+            return None
 
     def alive(self) -> bool:
         return not self._closed and not self._child_gone()
@@ -144,6 +186,34 @@ class ChildSession:
 
         `after_send(sock)` runs right after the request is sent (it passes a file descriptor).
         """
+        return self._tracked(msg, after_send, timed=False)[0]
+
+    def timed_request(
+        self, msg: dict[str, Any] | Encoded, after_send: Callable[[socket.socket], None] | None = None
+    ) -> tuple[dict[str, Any], int]:
+        """A request whose round trip the parent times (ns): the clock lives here, not in the child."""
+        return self._tracked(msg, after_send, timed=True)
+
+    def _tracked(self, msg: dict[str, Any] | Encoded, after_send: Callable[[socket.socket], None] | None,
+                 timed: bool) -> tuple[dict[str, Any], int]:
+        """One request; with CPU tracking on, the child's CPU clock is read outside the timed span."""
+        before = self._cpu_ns()
+        if before is not None and self.cpu is not None and self._cpu_mark is not None:
+            self.cpu.between_requests_ns += before - self._cpu_mark
+        t0 = time.perf_counter_ns()
+        try:
+            reply = self._exchange(msg, after_send)
+        finally:
+            ns = time.perf_counter_ns() - t0
+            after = self._cpu_ns()
+            if after is not None and self.cpu is not None:
+                self._cpu_mark = after
+                if timed and before is not None:
+                    self.cpu.in_timed_ns += after - before
+                    self.cpu.timed_wall_ns += ns
+        return reply, ns
+
+    def _exchange(self, msg: dict[str, Any] | Encoded, after_send: Callable[[socket.socket], None] | None) -> dict[str, Any]:
         try:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
@@ -166,14 +236,6 @@ class ChildSession:
         if not reply.get("ok"):
             raise ChildFailure(str(reply.get("status", "crash")), str(reply.get("error", ""))[:2000], str(reply.get("guard", "")))
         return reply
-
-    def timed_request(
-        self, msg: dict[str, Any] | Encoded, after_send: Callable[[socket.socket], None] | None = None
-    ) -> tuple[dict[str, Any], int]:
-        """A request whose round trip the parent times (ns): the clock lives here, not in the child."""
-        t0 = time.perf_counter_ns()
-        reply = self.request(msg, after_send)
-        return reply, time.perf_counter_ns() - t0
 
     def _wait_readable(self) -> None:
         """Wait for the reply; notice a dead child even if a grandchild still holds its socket."""
