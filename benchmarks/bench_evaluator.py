@@ -19,18 +19,22 @@ Every ratio is measured in this one run; the machine may be shared, so read medi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import os
 import statistics
 import time
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from vegtts.evaluate import EvalSettings, evaluate_task
+from vegtts.evaluate.protocol import Encoded
 from vegtts.evaluate.server import SpawnLauncher, shared_fork_server
+from vegtts.evaluate.session import ChildSession
 from vegtts.io import hardware_fingerprint, sha256_text
 from vegtts.records import TaskSpec
 
@@ -100,19 +104,58 @@ def timed_work_s(rec, s: EvalSettings) -> float:
     return (timing_calls * (rec.ref_time_ms + rec.cand_time_ms) + s.correctness_trials * rec.cand_time_ms) / 1000
 
 
+@contextlib.contextmanager
+def session_parts() -> Iterator[dict[int, dict[str, float]]]:
+    """Per child session (pid): seconds to start it (fork or fresh interpreter), to set it up
+    (exec the program, build the model, load the weights) and to close it (kill, clean up)."""
+    parts: dict[int, dict[str, float]] = {}
+    real_init, real_request, real_close = ChildSession.__init__, ChildSession.request, ChildSession.close
+
+    def init(self, *a, **k):
+        t0 = time.perf_counter()
+        real_init(self, *a, **k)
+        parts.setdefault(self.pid, {})["start"] = time.perf_counter() - t0
+
+    def request(self, msg, *a, **k):
+        t0 = time.perf_counter()
+        try:
+            return real_request(self, msg, *a, **k)
+        finally:
+            if isinstance(msg, Encoded) and b'"op": "setup"' in msg.skeleton[:64]:
+                parts.setdefault(self.pid, {})["setup"] = time.perf_counter() - t0
+
+    def close(self, *a, **k):
+        t0 = time.perf_counter()
+        try:
+            return real_close(self, *a, **k)
+        finally:
+            parts.setdefault(self.pid, {}).setdefault("close", time.perf_counter() - t0)
+
+    ChildSession.__init__, ChildSession.request, ChildSession.close = init, request, close  # type: ignore[method-assign]
+    try:
+        yield parts
+    finally:
+        ChildSession.__init__, ChildSession.request, ChildSession.close = real_init, real_request, real_close  # type: ignore[method-assign]
+
+
 def overhead(spec: TaskSpec, s: EvalSettings, n: int) -> dict[str, float]:
     s = EvalSettings.from_dict({**s.to_dict(), "max_parallel": 1})
     out: dict[str, float] = {}
     for name, launcher in (("fork_server", shared_fork_server()), ("fresh_interpreter", SpawnLauncher())):
         evaluate_task(spec, programs(spec, HONEST, 1, offset=10_000 + len(out)), s, launcher=launcher)  # warm
-        t0 = time.monotonic()
-        recs = evaluate_task(spec, programs(spec, HONEST, n, offset=1000 * (len(out) + 1)), s, launcher=launcher)
-        wall = time.monotonic() - t0
+        with session_parts() as parts:
+            t0 = time.monotonic()
+            recs = evaluate_task(spec, programs(spec, HONEST, n, offset=1000 * (len(out) + 1)), s, launcher=launcher)
+            wall = time.monotonic() - t0
         timed = [timed_work_s(r, s) for r in recs]
         out[name] = statistics.median(r.eval_seconds - t for r, t in zip(recs, timed))
         out[name + "_wall"] = wall / n - statistics.mean(timed)
         out[name + "_eval_s"] = statistics.median(r.eval_seconds for r in recs)
         out[name + "_timed_s"] = statistics.median(timed)
+        sessions = [p for p in parts.values() if {"start", "setup", "close"} <= set(p)]  # candidate children
+        for part in ("start", "setup", "close"):
+            out[f"{name}_{part}"] = statistics.median(p[part] for p in sessions)
+        out[name + "_isolation"] = statistics.median(p["start"] + p["setup"] + p["close"] for p in sessions)
         if isinstance(launcher, SpawnLauncher):
             launcher.close()
     return out
@@ -147,6 +190,13 @@ def main() -> None:
               f"(evaluation {oh[name + '_eval_s']:.3f} s, timed work {oh[name + '_timed_s']:.3f} s)")
     print(f"ratio fresh/fork:   {oh['fresh_interpreter'] / oh['fork_server']:.1f}x (median), "
           f"{oh['fresh_interpreter_wall'] / oh['fork_server_wall']:.1f}x (batch wall)")
+    print("   of which isolating the candidate (start the child, set it up: exec, build, weights; close it), median per candidate:")
+    for name, label in (("fork_server", "fork server"), ("fresh_interpreter", "fresh interpreter")):
+        print(f"{label + ':':19s} {oh[name + '_isolation'] * 1000:8.1f} ms  (start {oh[name + '_start'] * 1000:.1f}, "
+              f"setup {oh[name + '_setup'] * 1000:.1f}, close {oh[name + '_close'] * 1000:.1f} ms)")
+    print(f"ratio fresh/fork:   {oh['fresh_interpreter_isolation'] / oh['fork_server_isolation']:.1f}x (isolation); the rest of the "
+          f"overhead (inputs to and outputs from the child, comparisons, requests) is the same work for both: "
+          f"{(oh['fork_server'] - oh['fork_server_isolation']) * 1000:.1f} ms with the fork server")
     if args.overhead_only:
         return
 

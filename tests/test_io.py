@@ -38,3 +38,15 @@ def test_parquet_metadata_round_trips(tmp_path):
 def test_short_hash_ignores_key_order_but_not_values():
     assert short_hash({"a": 1, "b": 2}) == short_hash({"b": 2, "a": 1})
     assert short_hash({"a": 1}) != short_hash({"a": 2})
+
+
+def test_sibling_temp_dir_has_plain_mkdir_permissions(tmp_path):
+    from vegtts.io import sibling_temp_dir
+
+    old = os.umask(0o022)
+    try:
+        tmp = sibling_temp_dir(tmp_path / "adapter")
+    finally:
+        os.umask(old)
+    assert tmp.parent == tmp_path and tmp.name.startswith(".adapter.") and tmp.name.endswith(".tmp")
+    assert stat.S_IMODE(tmp.stat().st_mode) == 0o755

@@ -50,6 +50,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def sibling_temp_dir(target: Path) -> Path:
+    """A fresh temporary folder next to `target`, to be renamed onto it once complete; with the
+    permissions a plain mkdir gives (mkdtemp makes 0700, which a group sharing the project's
+    results could not read after the rename)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_process_umask())
+    return tmp
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

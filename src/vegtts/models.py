@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vegtts.io import sha256_file, write_json
+from vegtts.io import sha256_file, sibling_temp_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def prepare_default_model(out_dir: Path, dtype: str = "float32") -> Path:
         if result.missing_keys or result.unexpected_keys:  # strict=True raises; belt and braces
             raise RuntimeError(f"weight keys differ after GGUF conversion: {result}")
         del gguf_model
-        tmp_out = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+        tmp_out = sibling_temp_dir(out_dir)
         try:
             log.info("saving Hugging Face folder (%.0f s so far)", time.perf_counter() - t0)
             model.save_pretrained(tmp_out)

@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from vegtts.config import dataclass_from_settings
+from vegtts.io import sibling_temp_dir
 from vegtts.scoring import (
     DEFAULT_LOGIT_CHUNK,
     KEYS,
@@ -377,7 +377,7 @@ def save_adapter(
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = sibling_temp_dir(target)
     try:
         model.save_pretrained(str(tmp))
         if optimizer is not None:
