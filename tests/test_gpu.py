@@ -5,7 +5,7 @@ keys, the CUDA parts of the hand-written candidates compiled by nvcc (when nvcc 
 and the whole parent/worker orchestration with CPU workers (`dry_device="cpu"`: the same
 processes, protocol, guards, comparison and statistics; CUDA events replaced by a host clock).
 The GPU verdicts themselves need an NVIDIA GPU and a CUDA build of torch; those tests skip with
-that reason, and the H200 proof is benchmarks/results/gpu_h200.txt.
+that reason, and the H200 proof is benchmarks/results/gpu_h200_run4.txt (notes: gpu_h200_NOTES.md).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CANDIDATES = Path(__file__).resolve().parent / "gpu_candidates"
 GPU_IDS = ["gpu_cross_entropy", "gpu_gelu_tanh", "gpu_layernorm", "gpu_linear_relu", "gpu_scale_add", "gpu_softmax_rows"]
 SMALL = {"suite": "builtin_gpu", "ids": "all", "shape_scale": 1 / 64,
          "shape_overrides": {"gpu_linear_relu": {"IN_FEATURES": 64, "OUT_FEATURES": 32}}}
-NO_GPU = "needs an NVIDIA GPU and a CUDA build of torch (proof on an H200: benchmarks/results/gpu_h200.txt)"
+NO_GPU = "needs an NVIDIA GPU and a CUDA build of torch (proof on H200s: benchmarks/results/gpu_h200_run4.txt)"
 
 
 def _candidates() -> list[tuple[str, str, str]]:
