@@ -4,7 +4,7 @@ comparison for short kernels, and multi-GPU evidence and throughput.  One comman
 printed and written under --out.
 
     PYTHONPATH=src python benchmarks/bench_gpu.py --out results_dir \
-        [--kb-src third_party/KernelBench/src] [--budget-s 540] [--keep-alive-ms 10 --launch-lead-us 200]
+        [--kb-src third_party/KernelBench/src] [--budget-s 540] [--launch-lead-us 200] [--keep-alive-ms 0]
 
 Candidates: tests/gpu_candidates/<task>__<name>.py (first line: "# expected: ..."), appended to
 their builtin_gpu task's reference (vegtts.tasks.solution_program).  Phases, in order, each
