@@ -5,7 +5,7 @@ keys, the CUDA parts of the hand-written candidates compiled by nvcc (when nvcc 
 and the whole parent/worker orchestration with CPU workers (`dry_device="cpu"`: the same
 processes, protocol, guards, comparison and statistics; CUDA events replaced by a host clock).
 The GPU verdicts themselves need an NVIDIA GPU and a CUDA build of torch; those tests skip with
-that reason, and the H200 proof is benchmarks/results/gpu_h200.txt.
+that reason, and the H200 proof is benchmarks/results/gpu_h200_run4.txt (notes: gpu_h200_NOTES.md).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CANDIDATES = Path(__file__).resolve().parent / "gpu_candidates"
 GPU_IDS = ["gpu_cross_entropy", "gpu_gelu_tanh", "gpu_layernorm", "gpu_linear_relu", "gpu_scale_add", "gpu_softmax_rows"]
 SMALL = {"suite": "builtin_gpu", "ids": "all", "shape_scale": 1 / 64,
          "shape_overrides": {"gpu_linear_relu": {"IN_FEATURES": 64, "OUT_FEATURES": 32}}}
-NO_GPU = "needs an NVIDIA GPU and a CUDA build of torch (proof on an H200: benchmarks/results/gpu_h200.txt)"
+NO_GPU = "needs an NVIDIA GPU and a CUDA build of torch (proof on H200s: benchmarks/results/gpu_h200_run4.txt)"
 
 
 def _candidates() -> list[tuple[str, str, str]]:
@@ -231,3 +231,44 @@ def test_excessive_speedup_is_retimed_with_fresh_workers(tmp_path):
     (rec,) = evaluate_task_cuda(spec, [("", solution_program(spec, fused))], settings, tmp_path, gpus=["dry0"], dry_device="cpu")
     assert rec.status == "ok", rec.error
     assert "excessive_speedup_retimed" in rec.flags.split(","), (rec.speedup, rec.flags)
+
+
+def test_timing_procedure_settings_validate_and_enter_the_cache_key():
+    default = EvalSettings(device="cuda")
+    assert (default.keep_alive_ms, default.launch_lead_us) == (0.0, 200.0)
+    assert EvalSettings(device="cuda", launch_lead_us=0).settings_hash() != default.settings_hash()
+    assert EvalSettings(device="cuda", keep_alive_ms=10).settings_hash() != default.settings_hash()
+    assert not {"keep_alive_ms", "launch_lead_us"} & set(EvalSettings().cache_key())  # CPU keys unchanged
+    with pytest.raises(ValueError, match=r"launch_lead_us must be between 0 and 10000, got -1"):
+        EvalSettings(device="cuda", launch_lead_us=-1)
+
+
+def test_keep_alive_passes_cover_the_requested_time():
+    from vegtts.evaluate.cuda.worker import keep_alive_passes
+
+    assert keep_alive_passes(0, 0.07) == 0
+    assert keep_alive_passes(10, 0.0706) == 142  # the H200 run: 142 passes of the 120 MiB flush
+    assert keep_alive_passes(0.01, 5.0) == 1
+
+
+def test_timing_windows_and_keep_alive_on_two_cpu_workers(tmp_path):
+    """Dry mode: the keep-alive code path runs before every timed call, every timed round reports its
+    host-clock window and GPU, and two rounds on one GPU never overlap."""
+    spec = {s.task_id: s for s in load_tasks(SMALL)}["gpu_gelu_tanh"]
+    programs = [solution_program(spec, f"class ModelNew(Model):\n    pass\n# copy {i}\n") for i in range(4)]
+    settings = EvalSettings(device="cuda", timing_rounds=3, calls_per_round=2, correctness_trials=2, bootstrap=50, keep_alive_ms=3)
+    details: list[dict] = []
+    records = evaluate_task_cuda(spec, [("", p) for p in programs], settings, tmp_path, gpus=["dry0", "dry1"], dry_device="cpu",
+                                 details=details)
+    assert [r.status for r in records] == ["ok"] * 4, [r.error for r in records]
+    assert all(d["keep_alive_host_ms"] >= 3 for d in details)
+    by_gpu: dict[str, list] = {}
+    for d in details:
+        assert len(d["timing_windows"]) == 2 * settings.timing_rounds
+        for side, uuid, t0, t1 in d["timing_windows"]:
+            assert side in ("ref", "cand") and t0 <= t1 and uuid == d["gpu_uuid"] == f"dry:{d['gpu']}"
+            by_gpu.setdefault(uuid, []).append((t0, t1))
+    assert set(by_gpu) == {"dry:dry0", "dry:dry1"}
+    for wins in by_gpu.values():
+        wins.sort()
+        assert all(b[0] >= a[1] for a, b in zip(wins, wins[1:]))

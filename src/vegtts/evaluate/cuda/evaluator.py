@@ -206,12 +206,13 @@ class TaskInputs:
     init_inputs: list[Any]
 
 
-_last_inputs: dict[tuple[str, str], TaskInputs] = {}
+_last_inputs: dict[tuple[Any, ...], TaskInputs] = {}
 
 
 def task_inputs(spec: TaskSpec, settings: EvalSettings) -> TaskInputs:
-    """The last task's inputs are kept, so repeated calls for one task (sample files, re-runs) reuse them."""
-    key = (spec.source_sha256, settings.settings_hash())
+    """The last task's inputs are kept, so repeated calls for one task (sample files, re-runs, other
+    timing procedures) reuse them; they depend only on the task, the seed and the trial/round counts."""
+    key = (spec.source_sha256, settings.seed, settings.correctness_trials, settings.timing_rounds, settings.calls_per_round)
     if key not in _last_inputs:
         _last_inputs.clear()
         _last_inputs[key] = make_task_inputs(spec, settings)
@@ -238,6 +239,7 @@ class GpuReference:
     state_dict: dict[str, Any] | None
     trial_outputs: list[Any]
     build_s: float
+    gpu_uuid: str = ""
 
 
 @dataclass
@@ -259,6 +261,7 @@ def _setup_msg(spec: TaskSpec, source: str, class_name: str, module: str, inputs
         "op": "setup", "source": source, "class_name": class_name, "module_name": module,
         "module_file": f"{module}.py", "init_seed": inputs.init_seed, "init_inputs": inputs.init_inputs, "tf32": settings.tf32,
         "l2_flush_bytes": settings.l2_flush_mb << 20, "state_dict": state_dict, "want_state_dict": want_state,
+        "keep_alive_ms": settings.keep_alive_ms, "launch_lead_us": settings.launch_lead_us,
     }
 
 
@@ -267,11 +270,12 @@ def start_reference(spec: TaskSpec, settings: EvalSettings, inputs: TaskInputs, 
     worker = WorkerProcess(gpu, build_dir_for(build_root, spec.source, toolchain_id()), settings.timeout_s, dry_device)
     try:
         reply = worker.request(_setup_msg(spec, spec.source, "Model", _REF_MODULE, inputs, settings, None, True))
-        outputs = [worker.request({"op": "forward", "inputs": trial})["output"] for trial in inputs.trials]
+        with gpu_timing_lock(gpu):
+            outputs = [worker.request({"op": "forward", "inputs": trial})["output"] for trial in inputs.trials]
     except WorkerFailure as exc:
         worker.close()
         raise RuntimeError(f"task {spec.task_id}: the reference fails on GPU {gpu}: {exc.status}: {exc.error}") from exc
-    return GpuReference(gpu, worker, reply.get("state_dict"), outputs, float(reply.get("build_s", 0.0)))
+    return GpuReference(gpu, worker, reply.get("state_dict"), outputs, float(reply.get("build_s", 0.0)), str(reply.get("gpu_uuid", "")))
 
 
 def _check_trial(spec: TaskSpec, ref_out: Any, reply: dict[str, Any], sent: list[Any], where: str) -> Comparison:
@@ -301,19 +305,24 @@ def _run_candidate(spec: TaskSpec, program: str, settings: EvalSettings, inputs:
     reply = cand.request(_setup_msg(spec, program, "ModelNew", _CAND_MODULE, inputs, settings, ref.state_dict, False),
                          timeout_s=max(settings.timeout_s, settings.build_timeout_s))
     build_s = float(reply.get("build_s", float("nan")))
+    if reply.get("gpu_uuid") != ref.gpu_uuid:
+        raise WorkerFailure("runtime_error", f"candidate worker on GPU {reply.get('gpu_uuid')!r}, its reference on {ref.gpu_uuid!r}")
     worst = Comparison(True)
-    for i, trial in enumerate(inputs.trials):
-        out = cand.request({"op": "forward", "inputs": trial})
-        cmp = _check_trial(spec, ref.trial_outputs[i], out, trial, f"trial {i}")
-        worst = worst.merge(cmp)
-        if not cmp.ok:
-            return Verdict("incorrect", cmp.error, "", cmp.max_abs_err, cmp.max_rel_err, build_s=build_s)
+    # correctness calls too: another evaluation's calls on this GPU must not overlap a timing window
     with gpu_timing_lock(ref.gpu):
+        for i, trial in enumerate(inputs.trials):
+            out = cand.request({"op": "forward", "inputs": trial})
+            cmp = _check_trial(spec, ref.trial_outputs[i], out, trial, f"trial {i}")
+            worst = worst.merge(cmp)
+            if not cmp.ok:
+                return Verdict("incorrect", cmp.error, "", cmp.max_abs_err, cmp.max_rel_err, build_s=build_s)
         return _time_candidate(spec, program, settings, inputs, ref, cand, worst, build_s)
 
 
 def gpu_timing_lock(gpu: str) -> Any:
-    """Machine-wide lock per GPU: timings of several evaluations (threads, Snakemake jobs) never share a GPU."""
+    """Machine-wide lock per GPU, held for every correctness and timing call (threads, Snakemake jobs):
+    timings never share a GPU with another evaluation's calls.  Setup (compilation, module import,
+    weights upload) runs outside it, so builds of several evaluations overlap."""
     from vegtts.evaluate.runner import timing_lock
 
     safe = "".join(ch if ch.isalnum() else "_" for ch in gpu)
@@ -324,8 +333,10 @@ def _time_candidate(spec: TaskSpec, program: str, settings: EvalSettings, inputs
                     cand: WorkerProcess, worst: Comparison, build_s: float) -> Verdict:
     for i in range(settings.warmup_calls):
         for w in (ref.worker, cand):
-            w.request({"op": "forward", "inputs": inputs.trials[i % len(inputs.trials)]})
+            w.request({"op": "forward", "inputs": inputs.trials[i % len(inputs.trials)], "discard": True})
     ref_ms, cand_ms, ref_stream, cand_stream = [], [], [], []
+    windows: list[list[Any]] = []  # [side, gpu uuid, start ns, end ns] of every timed round (host wall clock)
+    keep_alive_ms: list[float] = []  # host time spent enqueueing keep-alive work per timed call
     flags: list[str] = []
     for r, calls in enumerate(inputs.rounds):
         load = Encoded({"op": "load", "calls": calls})
@@ -340,6 +351,8 @@ def _time_candidate(spec: TaskSpec, program: str, settings: EvalSettings, inputs
                 raise WorkerFailure("rejected", f"timer_inconsistent: reported {sum(res['full_ms']):.3f} ms > parent wall {wall_ms:.3f} ms",
                                     "timer_inconsistent")
             results[side] = res
+            windows.append([side, ref.gpu_uuid, *res.get("window_ns", [0, 0])])
+            keep_alive_ms.extend(res.get("keep_alive_ms", []))
         cmp = compare_outputs(results["ref"]["output"], results["cand"]["output"], spec.atol, spec.rtol, f"timed round {r}")
         if not cmp.ok:
             return Verdict("rejected", cmp.error, "timed_output_mismatch", cmp.max_abs_err, cmp.max_rel_err, build_s=build_s)
@@ -359,6 +372,8 @@ def _time_candidate(spec: TaskSpec, program: str, settings: EvalSettings, inputs
     extra = {
         "speedup_current_stream": float(np.median(ref_stream)) / max(float(np.median(cand_stream)), 1e-9),
         "ref_stream_ms": float(np.median(ref_stream)), "cand_stream_ms": float(np.median(cand_stream)),
+        "gpu_uuid": ref.gpu_uuid, "timing_windows": windows,
+        "keep_alive_host_ms": float(np.median(keep_alive_ms)) if keep_alive_ms else 0.0,
     }
     return Verdict("ok", "", "", worst.max_abs_err, worst.max_rel_err, stats, flags, build_s, extra)
 

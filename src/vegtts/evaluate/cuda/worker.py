@@ -12,11 +12,13 @@ socket FD:
   init inputs, load the reference weights (candidate), move to the GPU.  Replies with the state
   dict (reference) and the build time.
 - ``forward``: one correctness call on parent-generated inputs; replies output and inputs after
-  the call (both on the CPU).
+  the call (both on the CPU), or nothing (``discard``: warm-up calls).
 - ``load``: the next timed round's inputs (one fresh set per call), uploaded before the clock.
-- ``time``: per call: L2 flush, device sync, start event, call, end event on the current stream,
-  *device-wide* sync, second end event; the timed value is start -> second end, so work left on
-  other streams counts.  Replies the per-call times and the round's last output.
+- ``time``: per call: keep-alive GPU work (``keep_alive_ms``, optional), L2 flush, device sync,
+  launch lead (``launch_lead_us``: a GPU-side wait queued before the start event, optional),
+  start event, call, end event on the current stream, *device-wide* sync, second end event; the
+  timed value is start -> second end, so work left on other streams counts.  Replies the per-call
+  times, the round's host-clock window and the round's last output.
 
 Harness functions are bound before any candidate code runs, so reassigning torch attributes
 later changes nothing the loop calls; guards after every call report tampering.
@@ -75,6 +77,10 @@ class Worker:
         self.baseline_threads = threading.active_count()
         self.round_inputs: list[list[Any]] = []
         self.flush_buffer: torch.Tensor | None = None
+        self.gpu_uuid = ""
+        self.keep_alive_ms = 0.0
+        self.keep_alive_passes = 0  # flush passes that take at least keep_alive_ms (calibrated in setup)
+        self.lead_cycles = 0  # torch.cuda._sleep cycles that take about launch_lead_us
         # bound now, before candidate code can reassign the attributes
         self._sync = torch.cuda.synchronize if self.is_cuda else (lambda *a: None)
         self._event = torch.cuda.Event
@@ -83,6 +89,8 @@ class Worker:
         self._current_stream = torch.cuda.current_stream
         self._default_stream = torch.cuda.default_stream
         self._perf_ns = time.perf_counter_ns
+        self._wall_ns = time.time_ns
+        self._gpu_sleep = getattr(torch.cuda, "_sleep", None)
         self._to = torch.Tensor.to
         self._no_grad = torch.no_grad
         self._tensor_type = torch.Tensor
@@ -126,6 +134,54 @@ class Worker:
         if self.flush_buffer is not None:
             self.flush_buffer.bitwise_not_()
 
+    def _keep_alive(self) -> float:
+        """Busy GPU work right before a timed call, so the GPU is not idle (clocked down) when it starts.
+
+        Returns the host milliseconds spent enqueueing it (on a CPU worker: spent busy)."""
+        if self.keep_alive_ms <= 0:
+            return 0.0
+        h0 = self._perf_ns()
+        if self.is_cuda:
+            for _ in range(self.keep_alive_passes):
+                self._flush_l2()
+        else:  # dry mode: the same code path, a host busy loop of the same length
+            while (self._perf_ns() - h0) / 1e6 < self.keep_alive_ms:
+                pass
+        return (self._perf_ns() - h0) / 1e6
+
+    def _launch_lead(self) -> None:
+        if self.lead_cycles > 0 and self._gpu_sleep is not None:
+            self._gpu_sleep(self.lead_cycles)
+
+    def _gpu_ms(self, work: Any) -> float:
+        start, end = self._event(enable_timing=True), self._event(enable_timing=True)
+        self._sync(self.device)
+        self._record(start)
+        work()
+        self._record(end)
+        self._sync(self.device)
+        return float(self._elapsed(start, end))
+
+    def _calibrate(self, keep_alive_ms: float, launch_lead_us: float) -> dict[str, Any]:
+        """Flush passes per keep-alive and sleep cycles per lead, measured on a busy (clocked-up) GPU."""
+        self.keep_alive_ms = keep_alive_ms
+        out: dict[str, Any] = {}
+        if not self.is_cuda or (keep_alive_ms <= 0 and launch_lead_us <= 0):
+            return out
+        for _ in range(50):  # about 3 ms of flushes on an H200: clocks up before measuring
+            self._flush_l2()
+        pass_ms = min(self._gpu_ms(self._flush_l2) for _ in range(5))
+        out["flush_pass_ms"] = pass_ms
+        if keep_alive_ms > 0:
+            self.keep_alive_passes = keep_alive_passes(keep_alive_ms, pass_ms)
+            out["keep_alive_passes"] = self.keep_alive_passes
+        if launch_lead_us > 0 and self._gpu_sleep is not None:
+            probe = 200_000
+            lead_ms = min(self._gpu_ms(lambda: self._gpu_sleep(probe)) for _ in range(3))
+            self.lead_cycles = int(probe * (launch_lead_us / 1000.0) / max(lead_ms, 1e-6))
+            out["lead_cycles"] = self.lead_cycles
+        return out
+
     # ------------------------------------------------------------------ ops
     def setup(self, msg: dict[str, Any]) -> dict[str, Any]:
         set_precision_policy(bool(msg["tf32"]))
@@ -135,6 +191,9 @@ class Worker:
             l2 = int(getattr(torch.cuda.get_device_properties(self.device), "L2_cache_size", 0) or (64 << 20))
             flush_bytes = max(int(msg.get("l2_flush_bytes") or 0), 2 * l2)
             self.flush_buffer = torch.zeros(flush_bytes // 4, dtype=torch.int32, device=self.device)
+        self.gpu_uuid = self._gpu_uuid()  # before candidate code runs
+        calibration = self._calibrate(float(msg.get("keep_alive_ms") or 0.0), float(msg.get("launch_lead_us") or 0.0))
+        if self.is_cuda:
             self._poison_allocator()
         path = os.path.join(os.getcwd(), msg["module_file"])
         with open(path, "w", encoding="utf-8") as f:
@@ -161,7 +220,8 @@ class Worker:
             if isinstance(model, torch.nn.Module):
                 model = model.to(self.device)
             self.model = model
-            reply: dict[str, Any] = {"ok": True, "build_s": build_s, "policy": self.policy}
+            reply: dict[str, Any] = {"ok": True, "build_s": build_s, "policy": self.policy, "gpu_uuid": self.gpu_uuid,
+                                     "calibration": calibration}
             if msg.get("want_state_dict") and isinstance(model, torch.nn.Module):
                 reply["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             self._sync(self.device)
@@ -171,12 +231,20 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001
             return _failure(exc, "runtime_error")
 
+    def _gpu_uuid(self) -> str:
+        """The physical GPU this worker runs on (not the CUDA_VISIBLE_DEVICES index)."""
+        if not self.is_cuda:
+            return f"dry:{os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
+        return str(getattr(torch.cuda.get_device_properties(self.device), "uuid", "")) or f"index:{os.environ.get('CUDA_VISIBLE_DEVICES')}"
+
     def forward(self, msg: dict[str, Any]) -> dict[str, Any]:
         inputs = self._device_inputs(list(msg["inputs"]))
         self._sync(self.device)
         output = self._call(inputs)
         self._sync(self.device)
         self._guards(output)
+        if msg.get("discard"):  # warm-up calls: nothing to compare, nothing to send back
+            return {"ok": True}
         return {"ok": True, "output": output, "inputs": inputs}
 
     def load(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -186,16 +254,19 @@ class Worker:
         return {"ok": True}
 
     def time_round(self) -> dict[str, Any]:
-        full_ms, stream_ms, host_ms = [], [], []
+        full_ms, stream_ms, host_ms, keep_alive_ms = [], [], [], []
         output = None
         dev = self.device
+        window_start = self._wall_ns()
         for inputs in self.round_inputs:
             output = None
+            keep_alive_ms.append(self._keep_alive())
             self._flush_l2()
             self._sync(dev)
             if self.is_cuda:
                 start, end_stream, end_full = self._event(enable_timing=True), self._event(enable_timing=True), self._event(enable_timing=True)
                 h0 = self._perf_ns()
+                self._launch_lead()
                 self._record(start)
                 output = self._call(inputs)
                 self._record(end_stream)
@@ -214,7 +285,8 @@ class Worker:
             host_ms.append((h1 - h0) / 1e6)
             self._guards(output)
         self.round_inputs = []
-        return {"ok": True, "full_ms": full_ms, "stream_ms": stream_ms, "host_ms": host_ms, "output": output}
+        return {"ok": True, "full_ms": full_ms, "stream_ms": stream_ms, "host_ms": host_ms, "keep_alive_ms": keep_alive_ms,
+                "window_ns": [window_start, self._wall_ns()], "output": output}
 
     def serve(self) -> None:
         recv, send_j, send_m, failure = recv_message, send_json, send_message, _failure
@@ -235,6 +307,13 @@ class Worker:
                 send_m(self.sock, reply)
             except BaseException as exc:  # noqa: BLE001 - an output that cannot be sent
                 send_j(self.sock, failure(exc, "runtime_error"))
+
+
+def keep_alive_passes(keep_alive_ms: float, pass_ms: float) -> int:
+    """Flush passes that keep the GPU busy for at least `keep_alive_ms` (more if its clock is still low)."""
+    if keep_alive_ms <= 0:
+        return 0
+    return max(1, int(-(-keep_alive_ms // max(pass_ms, 1e-3))))
 
 
 def _failure(exc: BaseException, default_status: str) -> dict[str, Any]:
