@@ -10,6 +10,9 @@ cpus the evaluator does not time on: a memory-copy loop, or a busy loop with --l
 
     PYTHONPATH=src python benchmarks/bench_aa.py                  # full: 10 problems x 10 evaluations x 2 x 2
     PYTHONPATH=src python benchmarks/bench_aa.py --quick          # 3 problems x 4 evaluations
+    PYTHONPATH=src python benchmarks/bench_aa.py --honest --conditions loaded --old-rev ''
+        # every hand-written solution in tests/solutions/ once per evaluator and condition: all must be
+        # `ok` with no guard (issue #15 item 3: no honest program rejected on a loaded machine)
 
 Printed per condition and evaluator, over all evaluations (unit: evaluations, i.e. A/A candidates):
   mean / sd of log(speedup)   target |mean| <= 0.03
@@ -63,6 +66,24 @@ def worker(args: argparse.Namespace) -> None:
                           "rounds": r.n_timing_rounds, "eval_s": r.eval_seconds, "batch_wall_s": wall / len(recs)}), flush=True)
 
 
+def honest_worker(args: argparse.Namespace) -> None:
+    """Evaluate every tests/solutions/<task>.py once (distinct programs, no cache)."""
+    logging.basicConfig(level=logging.WARNING)
+    from vegtts.evaluate import EvalSettings, evaluate_task
+    from vegtts.io import sha256_text
+    from vegtts.tasks import load_tasks, solution_program
+
+    settings = EvalSettings.from_dict(json.loads(args.settings))
+    for path in sorted((REPO / "tests" / "solutions").glob("*.py")):
+        spec = load_tasks({"suite": "builtin", "ids": [path.stem]})[0]
+        prog = solution_program(spec, path.read_text()) + f"\n# {args.tag}\n"
+        r = evaluate_task(spec, [(sha256_text(prog), prog)], settings, None)[0]
+        print(json.dumps({"problem": path.stem, "status": r.status, "guard": r.guard, "speedup": r.speedup,
+                          "lo": r.speedup_lo, "hi": r.speedup_hi, "ref_ms": r.ref_time_ms, "flags": r.flags,
+                          "rounds": r.n_timing_rounds, "eval_s": r.eval_seconds, "batch_wall_s": r.eval_seconds,
+                          "error": r.error[:300]}), flush=True)
+
+
 def old_src(rev: str, path: Path) -> Path:
     """src/ of a detached git worktree of this repository at `rev` (created on first use)."""
     if not (path / "src" / "vegtts").is_dir():
@@ -79,10 +100,10 @@ def timing_cpus() -> tuple[list[int], list[int]]:
 def run_worker(src: Path, problem: str, n: int, tag: str, args: argparse.Namespace) -> list[dict]:
     env = dict(os.environ, PYTHONPATH=str(src))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--problem", problem, "--n", str(n), "--tag", tag,
-           "--settings", args.settings, "--shape-scale", str(args.shape_scale)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+           "--settings", args.settings, "--shape-scale", str(args.shape_scale)] + (["--honest"] if args.honest else [])
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or len(rows) != n:
+    if out.returncode != 0 or (len(rows) != n and not args.honest):
         sys.stderr.write(out.stderr[-3000:])
         raise SystemExit(f"worker for {problem} ({src}) failed with code {out.returncode}")
     return rows
@@ -120,6 +141,17 @@ def print_table(results: dict[tuple[str, str], list[dict]]) -> None:
     print("targets (issue #15, item 2): |mean log| <= 0.03 and 'above 1' <= 0.025, quiet and loaded")
 
 
+def print_honest(results: dict[tuple[str, str], list[dict]]) -> None:
+    print("\n== honest solutions (tests/solutions/); unit: programs ==")
+    for (condition, side), rows in results.items():
+        for r in rows:
+            print(f"{condition:7s} {side:4s} {r['problem']:20s} {r['status']:9s} {r['guard'] or '-':22s} {r['speedup']:7.2f} "
+                  f"[{r['lo']:.2f}, {r['hi']:.2f}] n={r['rounds']} {r['flags'] or ''} {r['error'][:120] if r['status'] != 'ok' else ''}")
+        bad = [r for r in rows if r["status"] != "ok" or r["guard"]]
+        print(f"{condition} {side}: {len(rows)} programs, {len(rows) - len(bad)} ok with no guard, not ok: "
+              f"{[(r['problem'], r['status'], r['guard']) for r in bad]}; interval above 1: {sum(r['lo'] > 1 for r in rows)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--problems", type=int, default=10, help="builtin problems (from the list in this file)")
@@ -132,13 +164,14 @@ def main() -> None:
     ap.add_argument("--shape-scale", type=float, default=1.0, help="tasks.shape_scale of the problems")
     ap.add_argument("--quick", action="store_true", help="3 problems x 4 evaluations")
     ap.add_argument("--json", default="", help="also write every evaluation's row here")
+    ap.add_argument("--honest", action="store_true", help="evaluate every tests/solutions/ program once instead of A/A")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--problem", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(args)
+        return honest_worker(args) if args.honest else worker(args)
     if args.quick:
         args.problems, args.per_problem = 3, 4
     problems = PROBLEMS[: args.problems]
@@ -158,7 +191,7 @@ def main() -> None:
             load = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {other})\n" + LOAD_SOURCE[args.load]])
             time.sleep(1)
         try:
-            for i, problem in enumerate(problems):
+            for i, problem in enumerate(["tests/solutions"] if args.honest else problems):
                 order = list(sides) if i % 2 == 0 else list(reversed(sides))
                 for side in order:
                     rows = run_worker(sides[side], problem, args.per_problem, f"{condition}-{side}", args)
@@ -171,7 +204,10 @@ def main() -> None:
             if load is not None:
                 load.kill()
                 load.wait()
-    print_table(results)
+    if args.honest:
+        print_honest(results)
+    else:
+        print_table(results)
     print(f"load average at end {os.getloadavg()}; wall {time.monotonic() - t0:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps([r for rows in results.values() for r in rows]))

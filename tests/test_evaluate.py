@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -138,6 +139,11 @@ def test_settings_hash_ignores_parallelism_only():
     a, b = EvalSettings(max_parallel=1), EvalSettings(max_parallel=8)
     assert a.settings_hash() == b.settings_hash()
     assert a.settings_hash() != EvalSettings(timing_rounds=16).settings_hash()
+    assert a.settings_hash() != EvalSettings(timing_resolution=0.0).settings_hash()
+    cuda = EvalSettings(device="cuda")  # a CPU-only setting leaves CUDA verdicts' key alone
+    assert cuda.settings_hash() == EvalSettings(device="cuda", timing_resolution=0.0).settings_hash()
+    with pytest.raises(ValueError, match="timing_resolution"):
+        EvalSettings(timing_resolution=-0.1)
 
 
 def test_tolerance_is_scale_aware_and_nan_strict():
@@ -451,6 +457,7 @@ def test_evaluate_samples_file(tmp_path):
     assert {"speedup", "speedup_lo", "cached", "policy", "seed", "max_abs_err"} <= set(back.columns)
     meta = read_parquet_metadata(out)
     assert meta["settings"]["timing_rounds"] == FAST.timing_rounds and "hardware" in meta and "provenance" in meta
+    assert meta["aa_control"]["n_rounds"] >= FAST.timing_rounds  # the task's A/A control, kept with the results
     assert len(df) == 4
     with pytest.raises(ValueError):
         evaluate_samples_file(samples, spec_of("softmax"), FAST.to_dict(), None, tmp_path / "x.parquet")
@@ -603,6 +610,10 @@ def test_paired_interval_covers_the_median_at_the_nominal_rate():
     assert above / 2000 <= 0.025 and below / 2000 <= 0.025, (above, below)
     st = paired_speedup_stats([10.0] * 15, [5.0 + 0.01 * i for i in range(15)])
     assert 1.8 < st.speedup_lo <= st.speedup <= st.speedup_hi <= 2.0
+    # the resolution term widens both sides in quadrature: identical rounds still get an interval
+    flat = paired_speedup_stats([10.0] * 15, [10.0] * 15, resolution=0.02)
+    assert flat.speedup == 1.0 and math.isclose(math.log(flat.speedup_hi), 1.959964 * 0.02, rel_tol=1e-6)
+    assert math.isclose(math.log(flat.speedup_lo), -1.959964 * 0.02, rel_tol=1e-6)
 
 
 def test_child_cpu_clock_counts_work_between_requests():

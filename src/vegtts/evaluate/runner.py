@@ -2,7 +2,8 @@
 
 Per candidate (docs/evaluator.md, "Timing protocol"):
 1. a candidate child runs setup and the correctness trials (public seeds; the parent compares);
-2. if it passes, a fresh reference child gets the same history: setup and the same trials;
+2. if it passes, a fresh pair of children, candidate and reference, gets the same history in
+   turn (setup, the same trials), so both reach timing alike;
 3. under the machine-wide timing lock both move to the timing cpu and run the warm-up and then
    ABBA-ordered rounds on inputs from a secret of this process; after every batch the parent
    reads sampled elements of every call's outputs from both children's memory and compares them;
@@ -231,15 +232,15 @@ class ReferenceContext:
             log.info("task %s: timing inputs not pooled (%s); sending them per round", self.spec.task_id, exc)
             return None
 
-    def load(self, child: ChildSession, side: int, round_idx: int) -> Measured:
-        """Give `child` the inputs of a timed round (-1 = warm-up), releasing its last batch."""
+    def load(self, child: ChildSession, copy: int, round_idx: int) -> Measured:
+        """Give `child` copy `copy` (0 or 1) of a timed round's inputs (-1 = warm-up), releasing its last batch."""
         pool = self.pool
         if pool is not None:
             with self._lock:
                 if round_idx not in pool.layout and 2 * pool.round_bytes * (len(pool.layout) + 1) <= POOL_MAX_BYTES:
                     pool.add_round(round_idx, self.timing_batch(round_idx))  # an added round (wide interval)
             if round_idx in pool.layout:
-                return child.measured_request(pool.load_request(round_idx), pool.fd_sender(side, round_idx))
+                return child.measured_request(pool.load_request(round_idx), pool.fd_sender(copy, round_idx))
         return child.measured_request(self.batch_request(round_idx))
 
     def extra_mb(self) -> int:
@@ -345,11 +346,15 @@ def check_correctness(ctx: ReferenceContext, child: ChildSession, program: str) 
     return Verdict("ok", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
 
 
-def reference_history(ctx: ReferenceContext, ref: ChildSession) -> None:
-    """The pair's reference child goes through what the candidate child went through: setup and
-    the same correctness trials (it only acknowledges them), so both reach timing alike."""
+def pair_history(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession, program: str) -> None:
+    """Two fresh children for the timing get the same history, step by step in turn: setup, then
+    every correctness trial (acknowledged, not sent back: correctness was decided in another
+    child).  Their heaps grow at the same moments, in the same way, so they reach timing alike.
+    Raises ChildFailure for the candidate, ReferenceError_ for the reference."""
+    cand.request(ctx.setup_request("cand", program))
     _on_ref(ctx.spec, ref.request, ctx.setup_request("ref", ctx.spec.source))
     for trial in ctx.trials:
+        cand.request(trial.ack_payload)
         _on_ref(ctx.spec, ref.request, trial.ack_payload)
 
 
@@ -489,8 +494,10 @@ def _time_rounds(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession) -
     children = {0: ref, 1: cand}
 
     def load(side: int, round_idx: int) -> int:
-        child = children[side]
-        m = _on_ref(ctx.spec, ctx.load, child, side, round_idx) if side == 0 else ctx.load(child, side, round_idx)
+        # the two copies of a round's inputs swap sides every round: whatever differs between the
+        # copies (where their pages lie) falls on both sides alike over an ABBA pair
+        child, copy = children[side], side ^ (round_idx & 1 if round_idx >= 0 else 0)
+        m = _on_ref(ctx.spec, ctx.load, child, copy, round_idx) if side == 0 else ctx.load(child, copy, round_idx)
         return m.cpu_ns or 0
 
     def end(side: int) -> int:
@@ -640,7 +647,8 @@ def _verdict_from_rounds(ctx: ReferenceContext, ref: SideRounds, cand: SideRound
             return Verdict("rejected", reason, reason.split(":", 1)[0], phase="timing")
     a, b = charged_rounds(ref, cand, settings.threads)
     calls = settings.calls_per_round
-    stats = paired_speedup_stats([x / calls / 1e6 for x in a], [x / calls / 1e6 for x in b])
+    stats = paired_speedup_stats([x / calls / 1e6 for x in a], [x / calls / 1e6 for x in b],
+                                 resolution=settings.timing_resolution)
     log.debug("task %s: timed %d rounds: speedup %.3f [%.3f, %.3f]; wall ref %.3f / cand %.3f ms per batch",
               ctx.spec.task_id, stats.n_rounds, stats.speedup, stats.speedup_lo, stats.speedup_hi,
               np.median(ref.run_wall) / 1e6, np.median(cand.run_wall) / 1e6)
@@ -679,8 +687,9 @@ def _this_thread_on(cpus: list[int] | None) -> Iterator[None]:
 
 
 def measure_once(ctx: ReferenceContext, program: str, launcher: Launcher) -> Verdict:
-    """One full measurement in fresh children: the candidate's correctness, then (if it passed)
-    a reference child with the same history, then paired timing under the machine's lock.
+    """One full measurement in fresh children: the candidate's correctness in a child of its own;
+    if it passed, a fresh pair (candidate and reference child) with the same history, timed
+    under the machine's lock.
 
     `seconds` counts its own phases, not the wait for the timing lock.
     """
@@ -688,28 +697,34 @@ def measure_once(ctx: ReferenceContext, program: str, launcher: Launcher) -> Ver
     _, correctness_cpus = cpu_split(settings.threads)
     extra = ctx.extra_mb()
     t0 = time.monotonic()
-    with _session(launcher, settings, correctness_cpus, phases=2, extra_mb=extra) as cand:
-        cand.role = "cand"
+    with _session(launcher, settings, correctness_cpus, extra_mb=extra) as checker:
+        checker.role = "cand"
         with _this_thread_on(correctness_cpus):  # the parent's side of the trials stays off the timing cpus
-            verdict = _no_strays(check_correctness(ctx, cand, program), cand)
-        if verdict.status != "ok":
-            verdict.phase, verdict.seconds = "correctness", time.monotonic() - t0
-            return verdict
-        with _session(launcher, settings, correctness_cpus, 2 * settings.timeout_s + 30, extra_mb=extra) as ref:
-            ref.role = "ref"
+            verdict = _no_strays(check_correctness(ctx, checker, program), checker)
+    if verdict.status != "ok":
+        verdict.phase, verdict.seconds = "correctness", time.monotonic() - t0
+        return verdict
+    t1 = t2 = t3 = time.monotonic()
+    with _session(launcher, settings, correctness_cpus, phases=2, extra_mb=extra) as cand, \
+            _session(launcher, settings, correctness_cpus, 2 * settings.timeout_s + 30, extra_mb=extra) as ref:
+        cand.role, ref.role = "cand", "ref"
+        try:
             with _this_thread_on(correctness_cpus):
-                reference_history(ctx, ref)
+                pair_history(ctx, ref, cand, program)
+        except ChildFailure as f:
+            timed = Verdict(f.status, f"while preparing the timing: {f.error}", f.guard, phase="timing")
+        else:
             t1 = time.monotonic()
             with timing_lock():
                 t2 = time.monotonic()
                 timed = time_candidate(ctx, ref, cand)
                 t3 = time.monotonic()
-        if timed.status == "ok":
-            timed = _no_strays(timed, cand)
-            if timed.status != "ok":
-                timed.phase = "timing"
+            if timed.status == "ok":
+                timed = _no_strays(timed, cand)
+                if timed.status != "ok":
+                    timed.phase = "timing"
     seconds = time.monotonic() - t0 - (t2 - t1)
-    log.debug("task %s: correctness + reference history %.2f s, lock wait %.2f s, timing %.2f s, close %.2f s",
+    log.debug("task %s: correctness + pair history %.2f s, lock wait %.2f s, timing %.2f s, close %.2f s",
               ctx.spec.task_id, t1 - t0, t2 - t1, t3 - t2, time.monotonic() - t3)
     if timed.status != "ok":
         timed.max_abs_err, timed.max_rel_err, timed.seconds = verdict.max_abs_err, verdict.max_rel_err, seconds
@@ -856,6 +871,18 @@ def _reference_context(spec: TaskSpec, settings: EvalSettings) -> ReferenceConte
         _last_context.clear()
         _last_context[key] = ReferenceContext.build(spec, settings)
     return _last_context[key]
+
+
+def control_summary(spec: TaskSpec, settings: EvalSettings) -> dict[str, Any] | None:
+    """The task's A/A control as measured in this process (None if none was needed or kept)."""
+    for key, ctx in _last_context.items():
+        if key.startswith(f"{spec.source_sha256}:{settings.settings_hash()}:") and (ctx.control is not None or ctx.control_flags):
+            t = ctx.control
+            return {"speedup": t.speedup if t else None, "speedup_lo": t.speedup_lo if t else None,
+                    "speedup_hi": t.speedup_hi if t else None, "ref_time_ms": t.ref_time_ms if t else None,
+                    "n_rounds": t.n_rounds if t else None, "flags": list(ctx.control_flags),
+                    "definition": "the reference itself measured as a candidate when the task's first candidate reached timing"}
+    return None
 
 
 @atexit.register

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from vegtts.evaluate.runner import evaluate_task
+from vegtts.evaluate.runner import control_summary, evaluate_task
 from vegtts.evaluate.settings import EvalSettings
 from vegtts.io import hardware_fingerprint, hardware_key, provenance, write_parquet
 from vegtts.records import EvalRecord, TaskSpec, to_row
@@ -37,7 +37,7 @@ def evaluate_samples_file(
     """One row per sample: task_id, policy, seed, sample_idx + every EvalRecord field.
 
     `task` is a TaskSpec (or its dict, or a JSON file of it).  The parquet footer carries
-    {settings, hardware, provenance}.
+    {settings, hardware, provenance, aa_control} (the task's A/A control, docs/evaluator.md).
     """
     spec = _as_spec(task)
     settings = settings_dict if isinstance(settings_dict, EvalSettings) else EvalSettings.from_dict(settings_dict)
@@ -62,6 +62,7 @@ def evaluate_samples_file(
         "settings_hash": settings.settings_hash(),
         "hardware": {**hardware_fingerprint(), "key": hardware_key()},
         "provenance": provenance(task_id=spec.task_id, task_source_sha256=spec.source_sha256, samples=str(samples_parquet)),
+        "aa_control": control_summary(spec, settings),
     }
     write_parquet(out_parquet, df, metadata)
     n_ok = int((df["status"] == "ok").sum()) if len(df) else 0

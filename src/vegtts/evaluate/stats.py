@@ -6,6 +6,8 @@ is exp(median d), and its 95% interval is the distribution-free interval of the 
 order statistics (the inverted sign test): [d_(k), d_(n+1-k)] with the largest k such that
 P(Bin(n, 1/2) <= k - 1) <= 2.5%.  It assumes only that rounds are independent with a common
 median: no symmetry, no normal tails; a noise burst in one batch moves one d_r, not the interval.
+What differs between the two processes for their whole life is no round's noise: it is added as a
+resolution term (``evaluation.timing_resolution``).
 
 CUDA evaluator (``speedup_stats``): ratio of medians with a percentile bootstrap, sides resampled
 independently (see evaluate/cuda/).
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+_Z95 = 1.959964
 
 @dataclass
 class TimingStats:
@@ -50,8 +53,15 @@ def median_interval_rank(n: int, confidence: float = 0.95) -> int:
     return max(1, min(k, (n + 1) // 2))
 
 
-def paired_speedup_stats(ref_ms: list[float], cand_ms: list[float], confidence: float = 0.95) -> TimingStats:
-    """Speedup exp(median log(ref_r / cand_r)) over paired rounds, with its order-statistic interval."""
+def paired_speedup_stats(ref_ms: list[float], cand_ms: list[float], confidence: float = 0.95,
+                         resolution: float = 0.0) -> TimingStats:
+    """Speedup exp(median log(ref_r / cand_r)) over paired rounds, with its order-statistic interval.
+
+    `resolution` (log units) is noise the rounds cannot show: two fresh processes running the same
+    code differ by a few percent for their whole life (where their memory lies, how their heaps
+    grew).  Each side of the interval is widened by it in quadrature:
+    lo = m - sqrt((m - d_(k))^2 + (z * resolution)^2), z = 1.96 for 95%.
+    """
     ref = np.asarray(ref_ms, dtype=float)
     cand = np.asarray(cand_ms, dtype=float)
     if ref.shape != cand.shape or ref.size == 0:
@@ -60,9 +70,12 @@ def paired_speedup_stats(ref_ms: list[float], cand_ms: list[float], confidence: 
         raise ValueError("round times must be positive")
     d = np.sort(np.log(ref) - np.log(cand))
     k = median_interval_rank(d.size, confidence)
-    lo, hi = math.exp(d[k - 1]), math.exp(d[d.size - k])
+    m = float(np.median(d))
+    extra = (_Z95 * resolution) ** 2
+    lo = m - math.sqrt((m - float(d[k - 1])) ** 2 + extra)
+    hi = m + math.sqrt((float(d[d.size - k]) - m) ** 2 + extra)
     return TimingStats(float(np.median(ref)), float(np.median(cand)), _spread(ref), _spread(cand),
-                       math.exp(float(np.median(d))), lo, hi, int(ref.size))
+                       math.exp(m), math.exp(lo), math.exp(hi), int(ref.size))
 
 
 def interval_width(stats: TimingStats) -> float:
