@@ -346,16 +346,21 @@ def check_correctness(ctx: ReferenceContext, child: ChildSession, program: str) 
     return Verdict("ok", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
 
 
-def pair_history(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession, program: str) -> None:
+def pair_history(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession, program: str, ref_first: bool) -> None:
     """Two fresh children for the timing get the same history, step by step in turn: setup, then
     every correctness trial (acknowledged, not sent back: correctness was decided in another
     child).  Their heaps grow at the same moments, in the same way, so they reach timing alike.
+    Which child goes first at each step is drawn per measurement (`ref_first`), so whatever going
+    first does (where the kernel puts the pages it hands out) is noise, not a bias of the task.
     Raises ChildFailure for the candidate, ReferenceError_ for the reference."""
-    cand.request(ctx.setup_request("cand", program))
-    _on_ref(ctx.spec, ref.request, ctx.setup_request("ref", ctx.spec.source))
-    for trial in ctx.trials:
-        cand.request(trial.ack_payload)
-        _on_ref(ctx.spec, ref.request, trial.ack_payload)
+    steps = [(ctx.setup_request("cand", program), ctx.setup_request("ref", ctx.spec.source))]
+    steps += [(trial.ack_payload, trial.ack_payload) for trial in ctx.trials]
+    for cand_msg, ref_msg in steps:
+        for side in ((0, 1) if ref_first else (1, 0)):
+            if side == 0:
+                _on_ref(ctx.spec, ref.request, ref_msg)
+            else:
+                cand.request(cand_msg)
 
 
 def cpu_split(threads: int) -> tuple[list[int] | None, list[int] | None]:
@@ -705,12 +710,20 @@ def measure_once(ctx: ReferenceContext, program: str, launcher: Launcher) -> Ver
         verdict.phase, verdict.seconds = "correctness", time.monotonic() - t0
         return verdict
     t1 = t2 = t3 = time.monotonic()
-    with _session(launcher, settings, correctness_cpus, phases=2, extra_mb=extra) as cand, \
-            _session(launcher, settings, correctness_cpus, 2 * settings.timeout_s + 30, extra_mb=extra) as ref:
+    ref_first = bool(secrets.randbits(1))  # which child is forked and prepared first: drawn, not fixed
+    with contextlib.ExitStack() as stack:
+        make_cand = lambda: _session(launcher, settings, correctness_cpus, phases=2, extra_mb=extra)  # noqa: E731
+        make_ref = lambda: _session(launcher, settings, correctness_cpus, 2 * settings.timeout_s + 30, extra_mb=extra)  # noqa: E731
+        if ref_first:
+            ref = stack.enter_context(make_ref())
+            cand = stack.enter_context(make_cand())
+        else:
+            cand = stack.enter_context(make_cand())
+            ref = stack.enter_context(make_ref())
         cand.role, ref.role = "cand", "ref"
         try:
             with _this_thread_on(correctness_cpus):
-                pair_history(ctx, ref, cand, program)
+                pair_history(ctx, ref, cand, program, ref_first)
         except ChildFailure as f:
             timed = Verdict(f.status, f"while preparing the timing: {f.error}", f.guard, phase="timing")
         else:
