@@ -325,7 +325,7 @@ def test_builtin_task_keys_change_only_for_the_edited_problem(tmp_path, monkeypa
 
     copy = tmp_path / "builtin"
     shutil.copytree(catalog.BUILTIN_DIR, copy)
-    monkeypatch.setattr(catalog, "BUILTIN_DIR", copy)
+    monkeypatch.setattr(catalog._builtin_problems, "__defaults__", (copy,))
     ids = ["relu_where", "sigmoid_exp"]
     before = task_keys({"suite": "builtin"}, ids)
     (copy / "relu_where.py").write_text((copy / "relu_where.py").read_text() + "\n# edited\n")

@@ -153,7 +153,8 @@ def _validator_class() -> Any:
 
 
 def _is_root(path: str) -> bool:
-    return Path(os.path.abspath(os.path.expanduser(path))) == Path("/")
+    expanded = os.path.expanduser(path)
+    return os.path.exists(expanded) and os.path.samefile(expanded, "/")
 
 
 def semantic_errors(cfg: dict[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ Every store artifact carries its own digest: a file artifact ``x.parquet`` has a
 from), written before the artifact is renamed into place; a folder artifact (a TTT adapter) has
 ``vegtts_manifest.json`` inside.  Readers check the digest (`verify_artifact`, `read_parquet`) and
 refuse a mismatch with an error naming the file and the command that repairs the store.
+"""
 
 from __future__ import annotations
 
