@@ -122,6 +122,7 @@ def tiny_experiment(**overrides) -> dict:
 
 @pytest.mark.parametrize("layout", ["dir", "kernelbench"])
 def test_planned_artifacts_follow_the_content_of_problem_files(tmp_path, layout):
+    (tmp_path / "work").mkdir()
     work = make_workdir(tmp_path / "work")
     root = tmp_path / "problems"
     folder = root / "KernelBench" / "level1" if layout == "kernelbench" else root
@@ -144,6 +145,7 @@ def test_planned_artifacts_follow_the_content_of_problem_files(tmp_path, layout)
 
 
 def test_planned_artifacts_follow_the_weights_of_a_local_model_folder(tmp_path):
+    (tmp_path / "work").mkdir()
     work = make_workdir(tmp_path / "work")
     model = tmp_path / "model"
     model.mkdir()
@@ -165,6 +167,7 @@ def test_planned_artifacts_follow_the_weights_of_a_local_model_folder(tmp_path):
 
 
 def test_planned_artifacts_follow_the_snapshot_of_a_hub_cache_model(tmp_path):
+    (tmp_path / "work").mkdir()
     work = make_workdir(tmp_path / "work")
     hub = tmp_path / "hub"
     repo = hub / "models--someorg--tiny-lm"

@@ -122,6 +122,7 @@ def test_a_full_disk_is_named_in_the_jobs_log_and_in_snakemakes_output(tmp_path)
         pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN); the ENOSPC handling itself is "
                     "tested with a simulated error in tests/test_store.py")
     try:
+        (tmp_path / "work").mkdir()
         work = make_workdir(tmp_path / "work")
         with open(results / "filler", "wb") as f:  # fill the disk but the last page
             try:
