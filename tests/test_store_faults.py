@@ -124,11 +124,10 @@ def test_a_full_disk_is_named_in_the_jobs_log_and_in_snakemakes_output(tmp_path)
     try:
         (tmp_path / "work").mkdir()
         work = make_workdir(tmp_path / "work")
-        with open(results / "filler", "wb") as f:  # fill the disk but the last page
+        with open(results / "filler", "wb", buffering=0) as f:  # fill the disk but the last page
             try:
                 while True:
                     f.write(b"\0" * 4096)
-                    f.flush()
             except OSError:
                 pass
         os.truncate(results / "filler", os.path.getsize(results / "filler") - 4096)

@@ -279,12 +279,13 @@ def plan_from_config(config: dict[str, Any]) -> Plan:
     return build_plan(config, task_ids, model_path)
 
 
-def build_plan(config: dict[str, Any], task_ids: list[str], model_path: str, *,
+def build_plan(config: dict[str, Any], task_ids: list[str], model_path: str, _model_marker: str | None = None, *,
                keys: dict[str, str] | None = None, model_ident: dict[str, Any] | None = None) -> Plan:
     """`config` must already be validated (vegtts.config.validate_config).
 
     `keys` (task id -> task key) and `model_ident` are computed from the problem files and the
-    model when not given (tests pass their own).
+    model when not given (tests pass their own).  The fourth argument is ignored (it was the
+    prepare rule's marker file; jobs now prepare the default model themselves).
     """
     if keys is None:
         keys = task_keys(config["tasks"], task_ids)
