@@ -29,4 +29,4 @@ rule all:
     default_target: True
     input:
         PLAN.report_file,
-        list(PLAN.store_artifacts()),
+        PLAN.store_artifacts(),

@@ -332,7 +332,7 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
         cfg = load_config(args.configfile)
         if Path(cfg["results_dir"]).resolve() != Path(args.results).resolve():
             raise ValueError(f"{args.configfile} writes to results_dir {cfg['results_dir']!r}, not {args.results!r}")
-        planned = list(plan_from_config(cfg).store_artifacts())
+        planned = plan_from_config(cfg).store_artifacts()
     report = verify_store(args.results, repair=not args.dry_run, planned=planned)
     for line in report.lines():
         print(line)

@@ -155,29 +155,14 @@ class Plan:
             for task in self.task_ids
         ]
 
-    def store_artifacts(self) -> dict[str, dict[str, str]]:
-        """Every store artifact this experiment needs -> the artifacts it was made from (by role).
+    def store_artifacts(self) -> list[str]:
+        """Every store artifact this experiment needs (resolved tasks, samples, evaluations, TTT).
 
         `rule all` requires all of them, so a missing one is regenerated (Snakemake >= 7.7 does not
         regenerate a missing intermediate file on its own while everything downstream is up to date).
         """
-        out: dict[str, dict[str, str]] = {f: {} for f in self.task_files()}
-        for seed in self.config["sampling"]["seeds"]:
-            for task in self.task_ids:
-                sample = self.sample_file(self.base_sample_key, seed, task)
-                out[sample] = {"task": self.task_file(task)}
-                out[self.eval_file(self.base_sample_key, self.base_eval_key, seed, task)] = {
-                    "samples": sample, "task": self.task_file(task)}
-        if self.ttt is not None:
-            for path in self.ttt_files():
-                out.setdefault(path, {})
-            for (_, _), step in self.ttt.steps.items():
-                for batch in TTT_BATCHES:
-                    samples, evals = self.ttt_batch_files(step, batch)
-                    for task, sample, ev in zip(self.ttt.task_ids, samples, evals):
-                        out[sample] = {"task": self.task_file(task)}
-                        out[ev] = {"samples": sample, "task": self.task_file(task)}
-        return out
+        files = self.task_files() + self.base_sample_files() + self.base_eval_files() + self.ttt_files()
+        return list(dict.fromkeys(files))
 
 
 # Backend settings that change which samples come out; the rest (where the server is, how many
