@@ -115,6 +115,7 @@ class WorkerProcess:
     def __init__(self, gpu: str, build_dir: Path | None, timeout_s: float, dry_device: str | None = None,
                  entry: str = "vegtts.evaluate.cuda.worker") -> None:
         self.timeout_s = timeout_s
+        self.dry_device = dry_device
         self.scratch = Path(tempfile.mkdtemp(prefix="vegtts-gpu-"))
         self.stdio_path = self.scratch / "stdio.log"
         parent_sock, child_sock = socket.socketpair()
@@ -289,7 +290,7 @@ class GpuSession:
         self.init_inputs = task_runtime.make_init_inputs(module, self.init_seed)
         t0 = time.monotonic()
         self.keeper = WorkerProcess(gpu, None, settings.timeout_s, dry_device, entry="vegtts.evaluate.cuda.keeper")
-        ref_proc = self.spawn(spec.source)  # starts while the keeper sets up
+        ref_proc = self.spawn()  # starts while the keeper sets up
         try:
             info = self.keeper.request({
                 "op": "setup", "source": spec.source, "init_seed": self.init_seed, "init_inputs": self.init_inputs,
@@ -310,12 +311,12 @@ class GpuSession:
                                f"{exc.status}: {exc.error}") from exc
         self.start_s = time.monotonic() - t0
 
-    def spawn(self, program: str) -> WorkerProcess:
-        return WorkerProcess(self.gpu, build_dir_for(self.build_root, program, toolchain_id()), self.settings.timeout_s,
-                             self.dry_device)
+    def spawn(self) -> WorkerProcess:
+        return WorkerProcess(self.gpu, None, self.settings.timeout_s, self.dry_device)
 
     def setup_timer(self, proc: WorkerProcess, source: str, class_name: str, module: str) -> Timer:
         slot = self.keeper.request({"op": "new_slot"})
+        env = build_env(build_dir_for(self.build_root, source, toolchain_id()))
         timer = Timer(proc, int(slot["id"]))
         try:
             reply = proc.request({
@@ -323,7 +324,7 @@ class GpuSession:
                 "init_seed": self.init_seed, "init_inputs": self.init_inputs, "tf32": self.settings.tf32,
                 "l2_flush_bytes": self.settings.l2_flush_mb << 20, "state_dict": self.state_dict,
                 "slots": {"in": slot["in"], "out": slot["out"]}, "hold": self.settings.gpu_hold,
-                "threads": self.settings.threads,
+                "threads": self.settings.threads, "build_env": env,
             }, timeout_s=max(self.settings.timeout_s, self.settings.build_timeout_s))
         except WorkerFailure:
             self.drop(timer)
@@ -348,7 +349,7 @@ class GpuSession:
     def restart_reference_timer(self) -> None:
         if self.ref is not None:
             self.drop(self.ref)
-        self.ref = self.setup_timer(self.spawn(self.spec.source), self.spec.source, "Model", _REF_MODULE)
+        self.ref = self.setup_timer(self.spawn(), self.spec.source, "Model", _REF_MODULE)
 
     # ------------------------------------------------------------------ one call
     def stage(self, timer: Timer, seed: int, trial: bool = False) -> dict[str, Any]:
@@ -391,6 +392,7 @@ def session_key(spec: TaskSpec, settings: EvalSettings, dry_device: str | None) 
 
 
 _sessions: dict[str, GpuSession] = {}  # GPU -> the session of the last task evaluated on it
+_spares: dict[str, WorkerProcess] = {}  # GPU -> a started worker waiting for its program (any task)
 _sessions_lock = threading.Lock()
 
 
@@ -410,12 +412,36 @@ def get_session(spec: TaskSpec, settings: EvalSettings, gpu: str, build_root: Pa
     return session
 
 
+def take_spare(gpu: str, timeout_s: float, dry_device: str | None) -> WorkerProcess:
+    """The GPU's started worker if it is alive and of the same kind, else a new one."""
+    with _sessions_lock:
+        w = _spares.pop(gpu, None)
+    if w is not None and w.alive() and w.dry_device == dry_device:
+        w.timeout_s = timeout_s
+        return w
+    if w is not None:
+        w.close()
+    return WorkerProcess(gpu, None, timeout_s, dry_device)
+
+
+def keep_spare(gpu: str, w: WorkerProcess) -> None:
+    with _sessions_lock:
+        old = _spares.pop(gpu, None)
+        _spares[gpu] = w
+    if old is not None:
+        old.close()
+
+
 @atexit.register
 def close_sessions() -> None:
+    """Close every kept session and started worker (at exit; benchmarks call it to start cold)."""
     with _sessions_lock:
         for s in _sessions.values():
             s.close()
         _sessions.clear()
+        for w in _spares.values():
+            w.close()
+        _spares.clear()
 
 
 # ----------------------------------------------------------------------------- one candidate
@@ -574,7 +600,7 @@ def _evaluate_with_retime(session: GpuSession, program: str, proc: WorkerProcess
         # as on the CPU: re-time with a fresh reference timer and a fresh candidate worker (and new secret inputs)
         first = v.timing.speedup
         session.restart_reference_timer()
-        v2 = evaluate_candidate(session, program, session.spawn(program))
+        v2 = evaluate_candidate(session, program, session.spawn())
         v2.flags = [f for f in v2.flags if f != "excessive_speedup"] + ["excessive_speedup_retimed"]
         if v2.status == "ok" and v2.timing is not None:
             log.warning("task %s: speedup %.1fx re-timed with fresh workers: %.1fx", session.spec.task_id, first, v2.timing.speedup)
@@ -648,23 +674,17 @@ def evaluate_task_cuda(
     def gpu_loop(gpu: str) -> None:
         session: GpuSession | None = None
         program = take()
-        procs: list[WorkerProcess] = []  # started, not yet handed to an evaluation
-
-        def spawn(p: str) -> WorkerProcess:
-            w = WorkerProcess(gpu, build_dir_for(build_root, p, toolchain_id()), settings.timeout_s, dry_device)
-            procs.append(w)
-            return w
-
+        if program is None:
+            return
+        proc: WorkerProcess | None = take_spare(gpu, settings.timeout_s, dry_device)
         try:
-            proc = spawn(program) if program is not None else None
             while program is not None and proc is not None:
-                nxt = take()
-                nxt_proc = spawn(nxt) if nxt is not None else None  # starts while this candidate is evaluated
                 if session is None:
                     session = get_session(spec, settings, gpu, build_root, dry_device)
                 t0 = time.monotonic()
-                procs.remove(proc)
-                v = _evaluate_with_retime(session, program, proc)
+                # the next worker starts now (interpreter, torch, CUDA) while this candidate is evaluated
+                current, proc = proc, WorkerProcess(gpu, None, settings.timeout_s, dry_device)
+                v = _evaluate_with_retime(session, program, current)
                 if session.ref is None or not session.ref.proc.alive():
                     session.restart_reference_timer()
                 rec = _record(spec, program, v, time.monotonic() - t0, hardware)
@@ -676,12 +696,12 @@ def evaluate_task_cuda(
                     if details is not None:
                         details.append({"code_sha256": rec.code_sha256, "gpu": gpu, "build_s": v.build_s, "seconds": rec.eval_seconds,
                                         "session_start_s": session.start_s, **v.extra})
-                program, proc = nxt, nxt_proc
+                program = take()
         except BaseException as exc:  # noqa: BLE001 - reported after the threads join
             errors.append(exc)
         finally:
-            for w in procs:
-                w.close()
+            if proc is not None:
+                keep_spare(gpu, proc)  # for the next candidate of a later call
 
     threads = [threading.Thread(target=gpu_loop, args=(g,), name=f"vegtts-gpu-{g}") for g in gpus]
     for t in threads:

@@ -188,6 +188,7 @@ class Worker:
 
     # ------------------------------------------------------------------ ops
     def setup(self, msg: dict[str, Any]) -> dict[str, Any]:
+        os.environ.update({str(k): str(v) for k, v in (msg.get("build_env") or {}).items()})  # its build folder
         set_precision_policy(bool(msg["tf32"]))
         torch.set_num_threads(int(msg.get("threads") or 1))  # CPU-side ops; no idle pool spinning between requests
         self.policy = precision_policy()
@@ -351,6 +352,11 @@ def _is_build_error(exc: BaseException, lowered: str) -> bool:
 
 def main(argv: list[str]) -> None:
     sock = socket.socket(fileno=int(argv[1]))
+    if os.environ.get("VEGTTS_WORKER_DEVICE", "cuda") == "cuda":
+        try:  # a started worker waits for its program with CUDA ready: its setup then costs no context creation
+            torch.zeros(1, device="cuda")
+        except Exception:  # noqa: BLE001 - reported by setup, where CUDA is used again
+            pass
     try:
         Worker(sock).serve()
     finally:
