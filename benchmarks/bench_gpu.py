@@ -240,7 +240,12 @@ def main() -> None:
                 continue
             items = [(f"{task}__AA{i}", aa_program(spec, i)) for i in range(args.aa_copies)]
             items += [(c["label"], c["program"]) for c in cands if c["task"] == task]
-            res, _ = run_task(spec, items, settings, out / "records_verdicts", gpus, "verdicts", all_details)
+            try:
+                res, _ = run_task(spec, items, settings, out / "records_verdicts", gpus, "verdicts", all_details)
+            except Exception as exc:  # noqa: BLE001 - one task's failure is reported, the others still run
+                log(f"  {task}: failed: {type(exc).__name__}: {str(exc)[:1500]}")
+                saved.setdefault("task_errors", {})[task] = str(exc)[:4000]
+                continue
             verdicts.update(res)
             saved["verdicts"] = verdicts
             save()
