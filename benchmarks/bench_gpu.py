@@ -279,7 +279,8 @@ def main() -> None:
             secs = sorted(r["eval_seconds"] for r in res.values())
             through[str(n)] = {"wall_s": wall, "programs": len(items), "ok": sum(r["status"] == "ok" for r in res.values()),
                                "per_candidate_s_median": secs[len(secs) // 2], "per_candidate_s_max": secs[-1],
-                               "statuses": {k: r["status"] for k, r in res.items()}}
+                               "statuses": {k: r["status"] for k, r in res.items()},
+                               "aa": {k: [r["speedup"], r["speedup_lo"], r["speedup_hi"]] for k, r in res.items() if "__TP" in k}}
             saved["throughput"] = through
             save()
 
@@ -367,6 +368,9 @@ def main() -> None:
             ratio = f", {base['wall_s'] / t['wall_s']:.2f}x the 1-GPU throughput ({base['wall_s'] / t['wall_s'] / int(n):.2f} x N)" if base and n != "1" else ""
             log(f"  {n} GPU(s): {t['programs']} programs ({t['ok']} ok) in {t['wall_s']:.1f} s = {t['programs'] / t['wall_s']:.2f} programs/s; "
                 f"per candidate median {t['per_candidate_s_median']:.2f} s, max {t['per_candidate_s_max']:.2f} s{ratio}")
+            aa = list(t["aa"].values())
+            log(f"    its A/A programs: interval above 1 in {sum(lo > 1 for _, lo, _ in aa)}/{len(aa)}, below 1 in "
+                f"{sum(hi < 1 for _, _, hi in aa)}/{len(aa)}; speedups {min(a[0] for a in aa):.3f}-{max(a[0] for a in aa):.3f}" if aa else "")
 
     if kb:
         aa = [r for r in kb.values() if "status" in r]

@@ -302,9 +302,13 @@ def _reply(stream, full=None, host=0.01, pre=0.06, timed_out=False, held=True):
 def test_call_times_take_the_gpu_time_unless_host_or_device_wide_rules():
     from vegtts.evaluate.cuda.evaluator import call_times
 
-    replies = [_reply(0.5), _reply(0.05, host=0.2), _reply(0.5, full=0.9, timed_out=True), _reply(0.5, full=0.7, held=False)]
-    assert call_times(replies, device_wide=False) == [0.5, 0.2, 0.9, 0.7]  # own GPU time; host-bound; waited; not held
-    assert call_times(replies, device_wide=True) == [0.53, 0.2, 0.9, 0.7]
+    from vegtts.evaluate.cuda.evaluator import HOST_SLACK_MS
+
+    replies = [_reply(0.5), _reply(0.05, host=0.2), _reply(0.05, host=30.0), _reply(0.5, full=0.9, timed_out=True),
+               _reply(0.5, full=0.7, held=False)]
+    # own GPU time; launch overhead not charged; CPU work while the GPU was held charged; waited; not held
+    assert call_times(replies, device_wide=False) == [0.5, 0.05, 30.0 - HOST_SLACK_MS, 0.9, 0.7]
+    assert call_times(replies, device_wide=True) == [0.53, 0.08, 30.0 - HOST_SLACK_MS, 0.9, 0.7]
 
 
 def _fake_session(tmp_path):

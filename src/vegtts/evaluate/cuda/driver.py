@@ -128,7 +128,7 @@ def free(ptr: int) -> None:
 def ipc_handle(ptr: int) -> bytes:
     h = _IpcHandle()
     _check(_driver().cuIpcGetMemHandle(ctypes.byref(h), ptr), "cuIpcGetMemHandle")
-    return bytes(bytearray(h.reserved))
+    return ctypes.string_at(ctypes.addressof(h), IPC_HANDLE_BYTES)  # not h.reserved: a c_char array stops at NUL
 
 
 def ipc_open(handle: bytes) -> int:

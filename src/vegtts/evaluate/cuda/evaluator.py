@@ -63,6 +63,8 @@ _CAND_MODULE = "vegtts_candidate"
 OTHER_STREAM_FLOOR_MS, OTHER_STREAM_SHARE = 0.05, 0.25  # device-wide tail beyond the reference's
 PRE_START_FLOOR_MS, PRE_START_SHARE = 0.05, 0.5  # GPU work before START beyond the reference's flush
 BACKGROUND_FLOOR_NS, BACKGROUND_SHARE = 10_000_000, 0.05  # candidate CPU between requests beyond the reference's
+HOST_SLACK_MS = 0.5  # host time of a call beyond its GPU time that is not charged (Python and launch overhead)
+SPARES_PER_GPU = 3  # started workers waiting per GPU: each needs ~3 s to start, a warm candidate ~1 s
 
 
 class WorkerFailure(Exception):
@@ -312,7 +314,7 @@ class GpuSession:
         self.start_s = time.monotonic() - t0
 
     def spawn(self) -> WorkerProcess:
-        return WorkerProcess(self.gpu, None, self.settings.timeout_s, self.dry_device)
+        return take_spare(self.gpu, self.settings.timeout_s, self.dry_device)
 
     def setup_timer(self, proc: WorkerProcess, source: str, class_name: str, module: str) -> Timer:
         slot = self.keeper.request({"op": "new_slot"})
@@ -392,7 +394,7 @@ def session_key(spec: TaskSpec, settings: EvalSettings, dry_device: str | None) 
 
 
 _sessions: dict[str, GpuSession] = {}  # GPU -> the session of the last task evaluated on it
-_spares: dict[str, WorkerProcess] = {}  # GPU -> a started worker waiting for its program (any task)
+_spares: dict[str, list[WorkerProcess]] = {}  # GPU -> started workers waiting for a program (any task)
 _sessions_lock = threading.Lock()
 
 
@@ -413,23 +415,27 @@ def get_session(spec: TaskSpec, settings: EvalSettings, gpu: str, build_root: Pa
 
 
 def take_spare(gpu: str, timeout_s: float, dry_device: str | None) -> WorkerProcess:
-    """The GPU's started worker if it is alive and of the same kind, else a new one."""
+    """A started worker of the GPU (the oldest alive one of the same kind), and a new one started in its
+    place, so that SPARES_PER_GPU are always starting or waiting."""
+    taken: WorkerProcess | None = None
+    stale: list[WorkerProcess] = []
     with _sessions_lock:
-        w = _spares.pop(gpu, None)
-    if w is not None and w.alive() and w.dry_device == dry_device:
-        w.timeout_s = timeout_s
-        return w
-    if w is not None:
+        pool = _spares.setdefault(gpu, [])
+        while pool and taken is None:
+            w = pool.pop(0)
+            if w.alive() and w.dry_device == dry_device:
+                taken = w
+            else:
+                stale.append(w)
+    for w in stale:
         w.close()
-    return WorkerProcess(gpu, None, timeout_s, dry_device)
-
-
-def keep_spare(gpu: str, w: WorkerProcess) -> None:
+    depth = SPARES_PER_GPU if dry_device is None else 1  # CPU test machines: one
+    fresh = [WorkerProcess(gpu, None, timeout_s, dry_device) for _ in range(depth + (taken is None) - len(_spares[gpu]))]
     with _sessions_lock:
-        old = _spares.pop(gpu, None)
-        _spares[gpu] = w
-    if old is not None:
-        old.close()
+        _spares[gpu].extend(fresh[1:] if taken is None else fresh)
+    taken = taken or fresh[0]
+    taken.timeout_s = timeout_s
+    return taken
 
 
 @atexit.register
@@ -439,8 +445,9 @@ def close_sessions() -> None:
         for s in _sessions.values():
             s.close()
         _sessions.clear()
-        for w in _spares.values():
-            w.close()
+        for pool in _spares.values():
+            for w in pool:
+                w.close()
         _spares.clear()
 
 
@@ -521,12 +528,14 @@ def _mismatch(session: GpuSession, timer: Timer, res: dict[str, Any]) -> Verdict
 
 
 def call_times(replies: list[dict[str, Any]], device_wide: bool) -> list[float]:
-    """The time of each call: its own GPU time (at least its host time), or device-wide where asked or
-    where the blocking kernel did not hold the call."""
+    """The time of each call: its own GPU time, or device-wide where asked or where the blocking kernel
+    did not hold the call; and at least its host time less HOST_SLACK_MS (launch overhead is not
+    charged, as the profiler's kernel time has none, but a call that computes on the CPU while the GPU
+    is held is charged that work)."""
     out = []
     for r in replies:
         gpu_ms = r["full_ms"] if device_wide or r.get("timed_out") or not r.get("held", True) else r["stream_ms"]
-        out.append(max(float(gpu_ms), float(r["host_ms"])))
+        out.append(max(float(gpu_ms), float(r["host_ms"]) - HOST_SLACK_MS))
     return out
 
 
@@ -560,7 +569,7 @@ def _verdict(session: GpuSession, sides: dict[str, list[dict[str, Any]]], cand: 
     stats = replace(stats, speedup_lo=min(stats.speedup_lo, stats.speedup * (1 - m)), speedup_hi=max(stats.speedup_hi, stats.speedup * (1 + m)))
     if stats.speedup > settings.excessive_speedup:
         flags.append("excessive_speedup")
-    host_bound = lambda rs: sum(r["host_ms"] > r["stream_ms"] for r in rs)  # noqa: E731
+    host_bound = lambda rs: sum(r["host_ms"] - HOST_SLACK_MS > r["stream_ms"] for r in rs)  # noqa: E731
     extra = {
         "ref_stream_ms": _median(ref_r, "stream_ms"), "cand_stream_ms": _median(cand_r, "stream_ms"),
         "ref_full_ms": _median(ref_r, "full_ms"), "cand_full_ms": _median(cand_r, "full_ms"),
@@ -676,15 +685,13 @@ def evaluate_task_cuda(
         program = take()
         if program is None:
             return
-        proc: WorkerProcess | None = take_spare(gpu, settings.timeout_s, dry_device)
         try:
-            while program is not None and proc is not None:
+            while program is not None:
                 if session is None:
                     session = get_session(spec, settings, gpu, build_root, dry_device)
                 t0 = time.monotonic()
-                # the next worker starts now (interpreter, torch, CUDA) while this candidate is evaluated
-                current, proc = proc, WorkerProcess(gpu, None, settings.timeout_s, dry_device)
-                v = _evaluate_with_retime(session, program, current)
+                # a started worker; its replacement starts now, while this candidate is evaluated
+                v = _evaluate_with_retime(session, program, take_spare(gpu, settings.timeout_s, dry_device))
                 if session.ref is None or not session.ref.proc.alive():
                     session.restart_reference_timer()
                 rec = _record(spec, program, v, time.monotonic() - t0, hardware)
@@ -699,9 +706,6 @@ def evaluate_task_cuda(
                 program = take()
         except BaseException as exc:  # noqa: BLE001 - reported after the threads join
             errors.append(exc)
-        finally:
-            if proc is not None:
-                keep_spare(gpu, proc)  # for the next candidate of a later call
 
     threads = [threading.Thread(target=gpu_loop, args=(g,), name=f"vegtts-gpu-{g}") for g in gpus]
     for t in threads:

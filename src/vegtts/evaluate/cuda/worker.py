@@ -48,6 +48,7 @@ from vegtts.evaluate.protocol import recv_message, send_json, send_message
 _ERROR_CHARS = 4000
 _POISON_BYTES = 1 << 30  # caching-allocator memory pre-filled with NaN before candidate code runs
 HOLD_TIMEOUT_NS = 50_000_000  # the blocking kernel gives up after 50 ms (a call that waits on the GPU)
+HOLD_STRIKES = 3  # after this many calls that waited on the GPU, the worker times without the block
 
 
 class GuardViolation(Exception):
@@ -98,7 +99,8 @@ class Worker:
         self.baseline_threads = threading.active_count()
         self.flush_buffer: torch.Tensor | None = None
         self.block: Any = None  # driver.BlockKernel, None where it could not be loaded
-        self.hold = True  # False after a call waited on the GPU itself (the block timed out)
+        self.hold = True  # False after HOLD_STRIKES calls waited on the GPU itself (the block timed out)
+        self.strikes = 0
         self.in_slot: slot_layout.OpenedSlot | None = None
         self.out_slot: slot_layout.OpenedSlot | None = None
         self.gpu_uuid = ""
@@ -186,6 +188,23 @@ class Worker:
         if self.flush_buffer is not None:
             self.flush_buffer.bitwise_not_()
 
+    def _warm_harness(self) -> None:
+        """Run every kernel the timing loop queues once, unheld, before any timed call: with CUDA's lazy
+        module loading, a kernel's first launch loads its module, which must not happen while the
+        blocking kernel holds the GPU (it waits for the GPU: the block would time out)."""
+        dev = self.device
+        a, b = self._event(enable_timing=True), self._event(enable_timing=True)
+        self._record(a)
+        if self.block is not None:
+            value = self.block.hold(self._current_stream(dev).cuda_stream, HOLD_TIMEOUT_NS)
+            self.block.release(value)
+        self._flush_l2()
+        self._record(b)
+        self._sync(dev)
+        self._elapsed(a, b)
+        if self.block is not None and self.block.timed_out(value):
+            self.block = None  # the GPU never saw the release: time device-wide
+
     # ------------------------------------------------------------------ ops
     def setup(self, msg: dict[str, Any]) -> dict[str, Any]:
         os.environ.update({str(k): str(v) for k, v in (msg.get("build_env") or {}).items()})  # its build folder
@@ -207,6 +226,7 @@ class Worker:
                                              int(getattr(props, "max_threads_per_multi_processor", 2048) or 2048))
                 except Exception as exc:  # noqa: BLE001 - timing falls back to the device-wide procedure
                     notes["hold_unavailable"] = f"{type(exc).__name__}: {exc}"[:300]
+            self._warm_harness()
         self.gpu_uuid = gpu_uuid(self.device)  # before candidate code runs
         self.in_slot = slot_layout.OpenedSlot(msg["slots"]["in"])
         self.out_slot = slot_layout.OpenedSlot(msg["slots"]["out"])
@@ -277,7 +297,9 @@ class Worker:
             self._record(end_full)
             self._sync(dev)
             if block is not None and block.timed_out(value):
-                timed_out, self.hold = True, False  # the call waited on the GPU: no block for later calls
+                timed_out = True  # the call waited on the GPU itself; after a few such calls, no more blocks
+                self.strikes += 1
+                self.hold = self.strikes < HOLD_STRIKES
             stream_ms = float(self._elapsed(start, end))
             full_ms = float(self._elapsed(start, end_full))
             pre_ms = float(self._elapsed(e1, start))
@@ -291,7 +313,7 @@ class Worker:
         self._guards(output)
         meta = self._deliver(output, msg["output"])
         return {"ok": True, "stream_ms": stream_ms, "full_ms": full_ms, "host_ms": (h1 - h0) / 1e6, "pre_ms": pre_ms,
-                "timed_out": timed_out, "held": self.is_cuda and self.block is not None and (self.hold or timed_out),
+                "timed_out": timed_out, "held": block is not None if self.is_cuda else False,
                 "window_ns": window, "meta": meta}
 
     def serve(self) -> None:
