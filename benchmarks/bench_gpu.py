@@ -280,7 +280,8 @@ def main() -> None:
             through[str(n)] = {"wall_s": wall, "programs": len(items), "ok": sum(r["status"] == "ok" for r in res.values()),
                                "per_candidate_s_median": secs[len(secs) // 2], "per_candidate_s_max": secs[-1],
                                "statuses": {k: r["status"] for k, r in res.items()},
-                               "aa": {k: [r["speedup"], r["speedup_lo"], r["speedup_hi"]] for k, r in res.items() if "__TP" in k}}
+                               "aa": {k: [r["speedup"], r["speedup_lo"], r["speedup_hi"]] for k, r in res.items() if "__TP" in k},
+                               "seconds": {k: r["eval_seconds"] for k, r in res.items()}}
             saved["throughput"] = through
             save()
 
@@ -344,7 +345,11 @@ def main() -> None:
                 ours, stream, host = r["cand_time_ms"], r.get("cand_stream_ms", math.nan), r.get("cand_host_ms", math.nan)
             ratio = ours / p["cupti_ms"]
             comp.append({"label": label, "task": task, "ours_ms": ours, "cupti_ms": p["cupti_ms"], "ratio": ratio})
-            log(f"  {label:<44} {ours:9.4f} {stream:8.4f} {host:7.4f} {p['cupti_ms']:9.4f} {ratio:10.3f}")
+            log(f"  {label:<44} {ours:9.4f} {stream:8.4f} {host:7.4f} {p['cupti_ms']:9.4f} {ratio:10.3f}  (+{1000 * (ours - p['cupti_ms']):.1f} us)")
+        empties = sorted(e for r in verdicts.values() for e in (r.get("empty_call_ms") or []) if e)
+        if empties:
+            log(f"  an empty call (START -> END, nothing between) in the same workers: median {1000 * empties[len(empties) // 2]:.1f} us "
+                f"(range {1000 * empties[0]:.1f}-{1000 * empties[-1]:.1f} us; included in 'ours', not subtracted)")
         within = [abs(c["ratio"] - 1) <= 0.10 for c in comp]
         log(f"times within 10% of CUPTI: {sum(within)}/{len(within)}; worst ratio "
             f"{max(comp, key=lambda c: abs(c['ratio'] - 1))['ratio']:.3f}" if comp else "no comparison")
@@ -368,6 +373,8 @@ def main() -> None:
             ratio = f", {base['wall_s'] / t['wall_s']:.2f}x the 1-GPU throughput ({base['wall_s'] / t['wall_s'] / int(n):.2f} x N)" if base and n != "1" else ""
             log(f"  {n} GPU(s): {t['programs']} programs ({t['ok']} ok) in {t['wall_s']:.1f} s = {t['programs'] / t['wall_s']:.2f} programs/s; "
                 f"per candidate median {t['per_candidate_s_median']:.2f} s, max {t['per_candidate_s_max']:.2f} s{ratio}")
+            slow = sorted(t["seconds"].items(), key=lambda kv: -kv[1])[:3]
+            log(f"    slowest: " + ", ".join(f"{k.split('__', 1)[1]} {v:.2f} s" for k, v in slow))
             aa = list(t["aa"].values())
             log(f"    its A/A programs: interval above 1 in {sum(lo > 1 for _, lo, _ in aa)}/{len(aa)}, below 1 in "
                 f"{sum(hi < 1 for _, _, hi in aa)}/{len(aa)}; speedups {min(a[0] for a in aa):.3f}-{max(a[0] for a in aa):.3f}" if aa else "")

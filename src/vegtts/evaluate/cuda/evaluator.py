@@ -266,6 +266,7 @@ class Timer:
     slot_id: int = 0
     build_s: float = float("nan")
     hold: bool = False
+    empty_ms: float = 0.0  # START -> END of an empty call in this worker (the event pair's own cost)
 
 
 @dataclass
@@ -332,6 +333,7 @@ class GpuSession:
             self.drop(timer)
             raise
         timer.build_s, timer.hold = float(reply.get("build_s", float("nan"))), bool(reply.get("hold"))
+        timer.empty_ms = float(reply.get("empty_ms", 0.0))
         if reply.get("gpu_uuid") != self.gpu_uuid:
             self.drop(timer)
             raise WorkerFailure("runtime_error", f"worker on GPU {reply.get('gpu_uuid')!r}, the keeper on {self.gpu_uuid!r}")
@@ -578,7 +580,8 @@ def _verdict(session: GpuSession, sides: dict[str, list[dict[str, Any]]], cand: 
         "speedup_device_wide": _median(ref_r, "full_ms") / max(_median(cand_r, "full_ms"), 1e-9),
         "host_bound_calls": [host_bound(ref_r), host_bound(cand_r)],
         "unheld_calls": [sum(bool(r.get("timed_out")) or not r.get("held", True) for r in rs) for rs in (ref_r, cand_r)],
-        "calls_per_side": len(ref_r), "gpu_uuid": session.gpu_uuid,
+        "calls_per_side": len(ref_r), "gpu_uuid": session.gpu_uuid, "held": [session.ref.hold, cand.hold],  # type: ignore[union-attr]
+        "empty_call_ms": [session.ref.empty_ms, cand.empty_ms],  # type: ignore[union-attr]
         "timing_windows": [[side, session.gpu_uuid, *r["window_ns"]] for side, rs in (("ref", ref_r), ("cand", cand_r)) for r in rs],
         "cpu_idle_ms": [ref_proc.cpu_idle_ns / 1e6, cand_proc.cpu_idle_ns / 1e6],
     }

@@ -101,6 +101,7 @@ class Worker:
         self.block: Any = None  # driver.BlockKernel, None where it could not be loaded
         self.hold = True  # False after HOLD_STRIKES calls waited on the GPU itself (the block timed out)
         self.strikes = 0
+        self.empty_ms = 0.0
         self.in_slot: slot_layout.OpenedSlot | None = None
         self.out_slot: slot_layout.OpenedSlot | None = None
         self.gpu_uuid = ""
@@ -204,6 +205,14 @@ class Worker:
         self._elapsed(a, b)
         if self.block is not None and self.block.timed_out(value):
             self.block = None  # the GPU never saw the release: time device-wide
+        empty = []  # START -> END with nothing between: the event pair's own cost (reported, not subtracted)
+        for _ in range(5):
+            self._flush_l2()
+            self._record(a)
+            self._record(b)
+            self._sync(dev)
+            empty.append(float(self._elapsed(a, b)))
+        self.empty_ms = sorted(empty)[2]
 
     # ------------------------------------------------------------------ ops
     def setup(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -260,7 +269,7 @@ class Worker:
             self.baseline_threads = self._active_count()
             self._guards(None)
             return {"ok": True, "build_s": build_s, "policy": self.policy, "gpu_uuid": self.gpu_uuid,
-                    "hold": self.block is not None, **notes}
+                    "hold": self.block is not None, "empty_ms": self.empty_ms, **notes}
         except BaseException as exc:  # noqa: BLE001
             return _failure(exc, "runtime_error")
 
@@ -379,6 +388,11 @@ def main(argv: list[str]) -> None:
             torch.zeros(1, device="cuda")
         except Exception:  # noqa: BLE001 - reported by setup, where CUDA is used again
             pass
+        for name in ("torch.utils.cpp_extension", "triton", "triton.language"):  # what candidates import, ~1-2 s
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - not installed: the candidate's own import reports it
+                pass
     try:
         Worker(sock).serve()
     finally:
