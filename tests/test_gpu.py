@@ -315,9 +315,10 @@ def _fake_session(tmp_path):
     from types import SimpleNamespace
 
     proc = SimpleNamespace(cpu_clock=None, cpu_idle_ns=0, cpu_in_ns=0)
-    ref = SimpleNamespace(proc=proc)
+    ref = SimpleNamespace(proc=proc, hold=True, empty_ms=0.003)
     spec = {s.task_id: s for s in load_tasks(SMALL)}["gpu_gelu_tanh"]
-    return SimpleNamespace(spec=spec, settings=EvalSettings(device="cuda", bootstrap=200), ref=ref, gpu_uuid="u"), SimpleNamespace(proc=proc)
+    session = SimpleNamespace(spec=spec, settings=EvalSettings(device="cuda", bootstrap=200), ref=ref, gpu_uuid="u")
+    return session, SimpleNamespace(proc=proc, hold=True, empty_ms=0.003)
 
 
 def test_work_outside_the_call_is_flagged_or_rejected(tmp_path):
@@ -338,7 +339,8 @@ def test_work_outside_the_call_is_flagged_or_rejected(tmp_path):
     # CPU work between requests (a native thread computing off the clock)
     session.ref.proc = type("P", (), {"cpu_clock": 1, "cpu_idle_ns": 2_000_000, "cpu_in_ns": 50_000_000})()
     busy = type("P", (), {"cpu_clock": 1, "cpu_idle_ns": 80_000_000, "cpu_in_ns": 50_000_000})()
-    bg = _verdict(session, {"ref": ref, "cand": [_reply(0.1) for _ in range(20)]}, type("T", (), {"proc": busy})(), 0.0, 0.0)
+    bg = _verdict(session, {"ref": ref, "cand": [_reply(0.1) for _ in range(20)]},
+                  type("T", (), {"proc": busy, "hold": True, "empty_ms": 0.003})(), 0.0, 0.0)
     assert (bg.status, bg.guard) == ("rejected", "background_work")
 
 
