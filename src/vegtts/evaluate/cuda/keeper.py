@@ -36,8 +36,7 @@ import torch
 
 from vegtts.evaluate.compare import Comparison, compare_outputs, same_values
 from vegtts.evaluate.cuda import slots as slot_layout
-from vegtts.evaluate.cuda.worker import gpu_uuid, precision_policy, set_precision_policy
-from vegtts.evaluate.protocol import recv_message, send_json, send_message
+from vegtts.evaluate.cuda.worker import gpu_uuid, precision_policy, run_process, serve, set_precision_policy
 
 _MODULE = "vegtts_reference_task"
 
@@ -192,20 +191,13 @@ class Keeper:
     def serve(self) -> None:
         ops = {"setup": self.setup, "new_slot": self.new_slot, "drop_slot": self.drop_slot, "stage": self.stage,
                "check": self.check}
-        while True:
-            try:
-                msg = recv_message(self.sock)
-            except EOFError:
-                return
-            op = msg.get("op")
-            if op == "bye":
-                return
-            try:
-                reply = ops[op](msg)
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent: the reference failed
-                reply = {"ok": False, "status": "reference_error", "error": f"{type(exc).__name__}: {exc}"[:4000],
-                         "traceback": "".join(traceback.format_tb(exc.__traceback__)[-4:])[-3000:]}
-            send_message(self.sock, reply)
+        serve(self.sock, ops, _reference_failure)
+
+
+def _reference_failure(exc: BaseException) -> dict[str, Any]:
+    """The reference (or the keeper) failed: reported to the parent, which fails the task."""
+    return {"ok": False, "status": "reference_error", "error": f"{type(exc).__name__}: {exc}"[:4000],
+            "traceback": "".join(traceback.format_tb(exc.__traceback__)[-4:])[-3000:]}
 
 
 def _dtypes() -> set[str]:
@@ -214,15 +206,5 @@ def _dtypes() -> set[str]:
     return set(_DTYPES)
 
 
-def main(argv: list[str]) -> None:
-    sock = socket.socket(fileno=int(argv[1]))
-    try:
-        Keeper(sock).serve()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    run_process(sys.argv, Keeper)

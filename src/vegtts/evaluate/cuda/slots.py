@@ -37,28 +37,40 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def layout_of(obj: Any) -> tuple[Any, list[list[Any]], int]:
-    """(skeleton, specs, total bytes) of `obj`; raises TypeError for values a slot cannot carry."""
-    specs: list[list[Any]] = []
-    offset = 0
+def skeleton_of(obj: Any, tensor_leaf: Any, other: Any = None) -> Any:
+    """The JSON skeleton of `obj`: tensor i (depth first) becomes tensor_leaf(t) (which returns its
+    ``{"__t__": i}``); values no skeleton holds go to `other` (default: TypeError)."""
 
     def walk(x: Any) -> Any:
-        nonlocal offset
         if isinstance(x, torch.Tensor):
-            if str(x.dtype) not in _DTYPES:
-                raise TypeError(f"tensor dtype {x.dtype} cannot be shared")
-            specs.append([offset, list(x.shape), str(x.dtype)])
-            offset += _align(_nbytes(x))
-            return {"__t__": len(specs) - 1}
+            return tensor_leaf(x)
         if isinstance(x, tuple):
             return {"__tu__": [walk(v) for v in x]}
         if isinstance(x, list):
             return [walk(v) for v in x]
         if x is None or isinstance(x, (bool, int, float, str)):
             return x
-        raise TypeError(f"value of type {type(x).__name__} cannot be shared")
+        if other is None:
+            raise TypeError(f"value of type {type(x).__name__} cannot be shared")
+        return other(x)
 
-    skeleton = walk(obj)
+    return walk(obj)
+
+
+def layout_of(obj: Any) -> tuple[Any, list[list[Any]], int]:
+    """(skeleton, specs, total bytes) of `obj`; raises TypeError for values a slot cannot carry."""
+    specs: list[list[Any]] = []
+    offset = 0
+
+    def leaf(x: torch.Tensor) -> dict[str, int]:
+        nonlocal offset
+        if str(x.dtype) not in _DTYPES:
+            raise TypeError(f"tensor dtype {x.dtype} cannot be shared")
+        specs.append([offset, list(x.shape), str(x.dtype)])
+        offset += _align(_nbytes(x))
+        return {"__t__": len(specs) - 1}
+
+    skeleton = skeleton_of(obj, leaf)
     return skeleton, specs, offset
 
 

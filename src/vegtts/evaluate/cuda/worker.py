@@ -133,23 +133,15 @@ class Worker:
         slot = self.out_slot.tensor  # type: ignore[union-attr]
         leaves: list[dict[str, Any]] = []
 
-        def walk(x: Any) -> Any:
-            if isinstance(x, self._tensor_type):
-                j = len(leaves)
-                ok = j < len(specs) and list(x.shape) == list(specs[j][1]) and str(x.dtype) == specs[j][2]
-                if ok:
-                    self._copy(slot_layout.view(slot, specs[j]), x)
-                leaves.append({"shape": list(x.shape), "dtype": str(x.dtype), "copied": ok})
-                return {"__t__": j}
-            if isinstance(x, tuple):
-                return {"__tu__": [walk(v) for v in x]}
-            if isinstance(x, list):
-                return [walk(v) for v in x]
-            if x is None or isinstance(x, (bool, int, float, str)):
-                return x
-            return f"<output of type {type(x).__name__}>"
+        def leaf(x: torch.Tensor) -> dict[str, int]:
+            j = len(leaves)
+            ok = type(x) is self._tensor_type and j < len(specs) and list(x.shape) == list(specs[j][1]) and str(x.dtype) == specs[j][2]
+            if ok:
+                self._copy(slot_layout.view(slot, specs[j]), x)
+            leaves.append({"shape": list(x.shape), "dtype": str(x.dtype), "copied": ok})
+            return {"__t__": j}
 
-        skeleton = walk(output)
+        skeleton = slot_layout.skeleton_of(output, leaf, lambda x: f"<output of type {type(x).__name__}>")
         self._sync(self.device)
         return [skeleton, leaves]
 
@@ -326,24 +318,42 @@ class Worker:
                 "window_ns": window, "meta": meta}
 
     def serve(self) -> None:
-        recv, send_j, send_m, failure = recv_message, send_json, send_message, _failure
-        ops = {"setup": self.setup, "forward": self.forward, "time": self.time_call}
-        while True:
-            try:
-                msg = recv(self.sock)
-            except EOFError:
-                return
-            op = msg.get("op")
-            if op == "bye":
-                return
-            try:
-                reply = ops[op](msg)
-            except BaseException as exc:  # noqa: BLE001 - candidate code may raise anything
-                reply = failure(exc, "runtime_error")
-            try:
-                send_m(self.sock, reply)
-            except BaseException as exc:  # noqa: BLE001 - an output that cannot be sent
-                send_j(self.sock, failure(exc, "runtime_error"))
+        serve(self.sock, {"setup": self.setup, "forward": self.forward, "time": self.time_call},
+              lambda exc: _failure(exc, "runtime_error"))
+
+
+def serve(sock: socket.socket, ops: dict[str, Any], failure: Any) -> None:
+    """Answer framed requests with ops[msg["op"]](msg) until "bye" or the peer closes; an exception
+    (candidate code may raise anything) becomes failure(exc), as does a reply that cannot be sent.
+    The functions are bound on entry, before any program is imported."""
+    recv, send_j, send_m = recv_message, send_json, send_message
+    while True:
+        try:
+            msg = recv(sock)
+        except EOFError:
+            return
+        op = msg.get("op")
+        if op == "bye":
+            return
+        try:
+            reply = ops[op](msg)
+        except BaseException as exc:  # noqa: BLE001
+            reply = failure(exc)
+        try:
+            send_m(sock, reply)
+        except BaseException as exc:  # noqa: BLE001
+            send_j(sock, failure(exc))
+
+
+def run_process(argv: list[str], make: Any) -> None:
+    """Entry of a keeper or worker process: serve on the socket FD argv[1], then exit hard."""
+    sock = socket.socket(fileno=int(argv[1]))
+    try:
+        make(sock).serve()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _failure(exc: BaseException, default_status: str) -> dict[str, Any]:
@@ -382,7 +392,6 @@ def _is_build_error(exc: BaseException, lowered: str) -> bool:
 
 
 def main(argv: list[str]) -> None:
-    sock = socket.socket(fileno=int(argv[1]))
     if os.environ.get("VEGTTS_WORKER_DEVICE", "cuda") == "cuda":
         try:  # a started worker waits for its program with CUDA ready: its setup then costs no context creation
             torch.zeros(1, device="cuda")
@@ -393,12 +402,7 @@ def main(argv: list[str]) -> None:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - not installed: the candidate's own import reports it
                 pass
-    try:
-        Worker(sock).serve()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    run_process(argv, Worker)
 
 
 if __name__ == "__main__":
