@@ -214,7 +214,7 @@ def sample_identity(config: dict[str, Any], model_ident: dict[str, Any]) -> dict
 # Evaluation settings that change how fast an evaluation runs, never its verdicts (the same split
 # as vegtts.evaluate.settings.EvalSettings.cache_key; tests/test_store.py keeps them in step).
 EVAL_NOT_IDENTITY = ("max_parallel",)
-EVAL_CUDA_ONLY = ("tf32", "gpus", "build_cache_dir", "build_timeout_s", "l2_flush_mb", "keep_alive_ms", "launch_lead_us")
+EVAL_CUDA_ONLY = ("tf32", "gpus", "build_cache_dir", "build_timeout_s", "l2_flush_mb", "gpu_hold", "min_interval_rel")
 EVAL_CUDA_NOT_IDENTITY = ("gpus", "build_cache_dir", "build_timeout_s")
 
 
