@@ -305,7 +305,7 @@ def test_vllm_sampling_params_and_lora_request():
 
 
 def _key(sampling):
-    return build_plan(validate_config({"sampling": sampling}), ["a"], "m", None).base_sample_key
+    return build_plan(validate_config({"sampling": sampling}), ["a"], "m", keys={"a": "0" * 12}, model_ident={}).base_sample_key
 
 
 def test_store_key_has_output_settings_but_not_secrets_or_concurrency():

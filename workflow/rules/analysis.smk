@@ -31,6 +31,5 @@ rule analyze:
     log:
         f"{EXP}/logs/analyze.log",
     shell:
-        "vegtts analyze --samples {input.samples} --evaluations {input.evaluations}"
+        "vegtts --log {log} analyze --samples {input.samples} --evaluations {input.evaluations}"
         " --settings {params.settings:q} --config-hash {params.config_hash} --out {params.out}"
-        " > {log} 2>&1"

@@ -23,4 +23,4 @@ rule figures:
     log:
         f"{EXP}/logs/figures.log",
     shell:
-        "vegtts figures --tables {params.tables} --out {params.out} > {log} 2>&1"
+        "vegtts --log {log} figures --tables {params.tables} --out {params.out}"

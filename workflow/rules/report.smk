@@ -8,7 +8,7 @@ rule report:
     output:
         report(PLAN.report_file, caption="../report/report.rst", category="Report"),
     params:
-        config=as_json(config),
+        config_key=CONFIG_KEY,
         tables=f"{EXP}/tables",
         figures=f"{EXP}/figures",
         code=stage_code("report"),
@@ -18,6 +18,6 @@ rule report:
     log:
         f"{EXP}/logs/report.log",
     shell:
-        "vegtts report --tables {params.tables} --figures {params.figures}"
-        " --config {params.config:q} --timings {input.samples} {input.evaluations} {params.ttt}"
-        " --out {output} > {log} 2>&1"
+        "vegtts --log {log} report --tables {params.tables} --figures {params.figures}"
+        " --config {CONFIG_JSON:q} --timings {input.samples} {input.evaluations} {params.ttt}"
+        " --out {output}"
