@@ -145,7 +145,10 @@ def _split_token_texts(tokens: Sequence[str]) -> tuple[list[int] | None, list[st
             return [int(t[len(TOKEN_ID_PREFIX):]) for t in tokens], []
         except ValueError as e:
             raise BadAnswerError(f"malformed token id in the answer: {e}") from None
-    return None, [_string(t, "a token") for t in tokens]
+    for t in tokens:
+        if not isinstance(t, str):
+            raise BadAnswerError(f"a token is {type(t).__name__}, not a string")
+    return None, list(tokens)  # made valid Unicode by _valid_pieces (which joins split surrogate pairs first)
 
 
 def generation_from_completion_choice(choice: dict[str, Any]) -> Generation:

@@ -186,6 +186,10 @@ def post_raw(url: str, body: dict[str, Any], key: str | None, timeout_s: float) 
         resp = conn.getresponse()
         raw = _read_capped(resp, MAX_ANSWER_BYTES, where)
         status = resp.status
+        if expired.is_set():  # the watchdog cut the answer short (a cut read looks like the end)
+            raise TimeoutError("deadline passed while reading")
+        if resp.length:  # fewer bytes than Content-Length said
+            raise http.client.IncompleteRead(raw, resp.length)
     except EndpointError:
         raise
     except (http.client.HTTPException, OSError, ValueError) as e:  # incl. a cut-off answer
