@@ -133,6 +133,11 @@ def code_fingerprint(*relative_paths: str) -> str:
     return h.hexdigest()[:12]
 
 
+# For tests only: pretend to be another machine (a different hardware identity), e.g. to run a
+# job the way a cluster node with another CPU would.  Never set it for real measurements.
+HARDWARE_OVERRIDE_ENV = "VEGTTS_TEST_HARDWARE"
+
+
 def hardware_fingerprint() -> dict[str, Any]:
     """What the timings depend on: CPU model, core count, torch threads, OS."""
     cpu = platform.processor() or ""
@@ -143,6 +148,9 @@ def hardware_fingerprint() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    override = os.environ.get(HARDWARE_OVERRIDE_ENV)
+    if override:
+        cpu = f"test:{override}"
     return {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),

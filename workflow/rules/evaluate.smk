@@ -9,8 +9,6 @@ rule evaluate:
     params:
         settings=evaluation_settings,
         cache=f"{STORE}/evalcache",
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/evaluations/{{skey}}/{{ekey}}/s{{seed}}/{{task}}.log",
     benchmark:

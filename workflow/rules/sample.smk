@@ -10,8 +10,6 @@ rule sample:
         policy=sample_policy,
         model=PLAN.model_path,
         adapter=lambda w: " ".join(sample_adapter(w)),
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.log",
     benchmark:

@@ -4,8 +4,6 @@ rule resolve_tasks:
     params:
         suite=lambda w: as_json({**config["tasks"], "ids": TASK_IDS}),
         code=stage_code("tasks"),
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/tasks/{{tkey}}/resolve.log",
     shell:

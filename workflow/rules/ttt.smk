@@ -56,8 +56,6 @@ rule ttt_update:
         previous=ttt_previous_arg,
         step=lambda w: ttt_step_of(w).step,
         model=PLAN.model_path,
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/ttt/{{ckey}}/update.log",
     benchmark:
@@ -82,8 +80,6 @@ rule ttt_score:
         model=PLAN.model_path,
         scorer=lambda w: ttt_step_of(w).policy,
         micro_batch=config["ttt"]["score_micro_batch"],
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/scores/{{pkey}}/{{ckey}}.log",
     benchmark:
@@ -106,8 +102,6 @@ rule ttt_analyze:
         config=as_json(config),
         out=f"{EXP}/tables",
         code=stage_code("analysis"),
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{EXP}/logs/ttt_analyze.log",
     shell:
@@ -124,8 +118,6 @@ rule ttt_figures:
         tables=f"{EXP}/tables",
         out=f"{EXP}/figures",
         code=stage_code("figures"),
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{EXP}/logs/ttt_figures.log",
     shell:

