@@ -367,3 +367,14 @@ def test_the_sample_cli_passes_the_adapter_to_remote_backends(server_factory, tm
                "--model", "unused", "--settings", settings_json, "--adapter", str(adapter), "--out", str(tmp_path / "o.parquet")])
     assert rc == 0 and len(loaded) == 1
     assert [r["body"]["model"] for r in server.requests if r["path"].endswith("/completions")] == list(loaded)
+
+
+def test_a_non_finite_logprob_never_becomes_a_record():
+    """Any backend (the transformers one included): a NaN log-prob stops the sample, it is not stored."""
+    from vegtts.sampling.transformers_backend import RawSample, _to_record
+    from vegtts.tasks import load_tasks
+
+    raw = RawSample(token_ids=[120, 49], token_logprobs=[-0.5, math.nan], text="x1", finish_reason="stop", done=True)
+    with pytest.raises(RuntimeError, match="token 1 has log-prob nan"):
+        _to_record(raw, 0, load_tasks({"suite": "builtin", "ids": ["relu"]})[0], SamplerSettings(k=1), 0, "base", "sha", 1, "m",
+                   CountingCharTokenizer())
