@@ -143,6 +143,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             model_path=args.model,
             out_parquet=Path(args.out),
             policy=args.policy,
+            adapter_path=args.adapter or None,
         )
         return 0
     run_sampling(
@@ -258,7 +259,8 @@ def cmd_ttt_score(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     verified(*args.samples, args.adapter)
     ensure_model(args.model)
-    run_scoring(args.samples, args.model, args.adapter or None, args.scorer, Path(args.out), micro_batch=args.micro_batch)
+    run_scoring(args.samples, args.model, args.adapter or None, args.scorer, Path(args.out), micro_batch=args.micro_batch,
+                backend=args.backend, vllm_settings=args.vllm_settings)
     return 0
 
 
@@ -310,6 +312,9 @@ def _add_ttt_parsers(sub: Any) -> None:
     p.add_argument("--scorer", required=True, help="name of the scoring policy stored with the scores")
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
+                   help="transformers (the model in this process) or vllm (vLLM prompt log-probs)")
+    p.add_argument("--vllm-settings", type=_json_arg, default=None, help="sampling.vllm settings as JSON (backend vllm)")
     p.add_argument("--out", required=True)
     p = _add(ttt, "analyze", cmd_ttt_analyze, "TTT tables: trajectory, selection, probe, compute, equal budget")
     p.add_argument("--config", type=_json_arg, required=True, help="the experiment config as JSON (its plan lists the inputs)")

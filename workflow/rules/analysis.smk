@@ -26,8 +26,6 @@ rule analyze:
         config_hash=PLAN.base_sample_key + "-" + PLAN.base_eval_key,
         code=stage_code("analysis"),
         out=f"{EXP}/tables",
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{EXP}/logs/analyze.log",
     shell:

@@ -10,8 +10,6 @@ rule evaluate:
         f"{STORE}/evaluations/{{skey}}/{{ekey}}/s{{seed}}/{{task}}.{{tkey}}.parquet",
     params:
         settings=evaluation_settings,
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/evaluations/{{skey}}/{{ekey}}/s{{seed}}/{{task}}.{{tkey}}.log",
     benchmark:

@@ -18,8 +18,6 @@ rule figures:
         tables=f"{EXP}/tables",
         out=f"{EXP}/figures",
         code=stage_code("figures"),
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{EXP}/logs/figures.log",
     shell:

@@ -4,8 +4,6 @@
 rule prepare_model:
     output:
         f"{config['resources_dir']}/models/gemma3-270m-gguf/vegtts_model.json",
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{config['resources_dir']}/models/gemma3-270m-gguf.prepare.log",
     threads: 2

@@ -13,8 +13,6 @@ rule report:
         figures=f"{EXP}/figures",
         code=stage_code("report"),
         ttt="--ttt" if PLAN.ttt else "",
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{EXP}/logs/report.log",
     shell:

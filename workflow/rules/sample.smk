@@ -8,8 +8,6 @@ rule sample:
         settings=sampling_settings,
         policy=sample_policy,
         adapter=lambda w: " ".join(sample_adapter(w)),
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.{{tkey}}.log",
     benchmark:

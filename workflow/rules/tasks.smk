@@ -4,8 +4,6 @@ rule resolve_task:
         f"{STORE}/tasks/{{tkey}}/tasks.json",
     params:
         task=resolved_task,
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/tasks/{{tkey}}/resolve.log",
     shell:

@@ -55,8 +55,6 @@ rule ttt_update:
         settings=ttt_update_settings,
         previous=ttt_previous_arg,
         step=lambda w: ttt_step_of(w).step,
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/ttt/{{ckey}}/update.log",
     benchmark:
@@ -79,8 +77,6 @@ rule ttt_score:
     params:
         scorer=lambda w: ttt_step_of(w).policy,
         micro_batch=config["ttt"]["score_micro_batch"],
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/scores/{{pkey}}/{{ckey}}.log",
     benchmark:
@@ -103,8 +99,6 @@ rule ttt_analyze:
         config_key=CONFIG_KEY,
         out=f"{EXP}/tables",
         code=stage_code("analysis"),
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{EXP}/logs/ttt_analyze.log",
     shell:
@@ -121,8 +115,6 @@ rule ttt_figures:
         tables=f"{EXP}/tables",
         out=f"{EXP}/figures",
         code=stage_code("figures"),
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{EXP}/logs/ttt_figures.log",
     shell:
