@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import pytest
 
+from vegtts.io import write_dir_manifest
+
 from vegtts.sampling.conversion import BadAnswerError, Generation, to_raw_sample
 from vegtts.sampling.openai_backend import EndpointError, OpenAISettings, post_json, sample_remote
 from vegtts.sampling.transformers_backend import SamplerSettings
@@ -313,6 +315,7 @@ def _adapter(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text(json.dumps({"r": 4, "peft_type": "LORA"}))
     (path / "adapter_model.safetensors").write_bytes(b"weights")
+    write_dir_manifest(path)  # the CLI reads adapters verified, as TTT writes them
     return path
 
 
