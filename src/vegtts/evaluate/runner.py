@@ -190,8 +190,11 @@ class ReferenceContext:
             trials, previous = [], []
             kept: list[Any] = []  # alive until all trials ran, as in the child: no address is reused
             mutates = False
-            for t in range(settings.correctness_trials):
-                inputs = make_inputs(module, derive_seed(settings.seed, "correctness", t))
+            varied = None  # the extra trial on signed, wider inputs (docs/evaluator.md, "Correctness")
+            if settings.varied_inputs and spec.varied_inputs:
+                varied = task_runtime.varied_trial_inputs(module, model, derive_seed(settings.seed, "correctness", "varied"), make_inputs)
+            for t in range(settings.correctness_trials + (varied is not None)):
+                inputs = make_inputs(module, derive_seed(settings.seed, "correctness", t)) if t < settings.correctness_trials else varied[0]
                 working = _clone(inputs)
                 try:
                     output = model(*working)
@@ -349,7 +352,7 @@ def check_correctness(ctx: ReferenceContext, child: ChildSession, program: str) 
             reply = child.request(trial.payload)
             if not same_values(trial.inputs, reply.get("inputs")):
                 return Verdict("incorrect", f"trial {t}: forward modified its inputs", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
-            trial_cmp = compare_outputs(trial.output, reply.get("output"), spec.atol, spec.rtol)
+            trial_cmp = compare_outputs(trial.output, reply.get("output"), spec.atol, spec.rtol, atol_scaled=spec.atol_scaled)
             cmp = cmp.merge(trial_cmp)
             if not trial_cmp.ok:
                 return Verdict("incorrect", f"trial {t}: {trial_cmp.error}", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
@@ -456,7 +459,7 @@ def _time_rounds(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession) -
                 else:
                     cand_out, ns = ctx.check_and_load(cand, 1, r)
                     cand_untimed.append(ns)
-            cmp = compare_outputs(ref_out["sampled"], cand_out.get("sampled"), spec.atol, spec.rtol)
+            cmp = compare_outputs(ref_out["sampled"], cand_out.get("sampled"), spec.atol, spec.rtol, atol_scaled=spec.atol_scaled)
             if ref_out["shapes"] != cand_out.get("shapes"):
                 cmp = Comparison(False, error=f"output shapes {cand_out.get('shapes')} != reference {ref_out['shapes']}")
             if not cmp.ok:
@@ -658,7 +661,7 @@ _last_context: dict[str, ReferenceContext] = {}
 
 def _reference_context(spec: TaskSpec, settings: EvalSettings) -> ReferenceContext:
     """The last task's context is kept, so repeated calls for one task reuse its inputs."""
-    key = f"{spec.source_sha256}:{settings.settings_hash()}:{spec.atol}:{spec.rtol}"
+    key = f"{spec.source_sha256}:{settings.settings_hash()}:{spec.atol}:{spec.rtol}:{spec.atol_scaled}:{spec.varied_inputs}"
     if key not in _last_context:
         for old in _last_context.values():
             old.close()

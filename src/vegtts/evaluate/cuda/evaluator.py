@@ -279,7 +279,7 @@ def start_reference(spec: TaskSpec, settings: EvalSettings, inputs: TaskInputs, 
 
 
 def _check_trial(spec: TaskSpec, ref_out: Any, reply: dict[str, Any], sent: list[Any], where: str) -> Comparison:
-    cmp = compare_outputs(ref_out, reply["output"], spec.atol, spec.rtol, where)
+    cmp = compare_outputs(ref_out, reply["output"], spec.atol, spec.rtol, where, atol_scaled=spec.atol_scaled)
     if cmp.ok and not same_values(sent, list(reply["inputs"])):
         return Comparison(False, cmp.max_abs_err, cmp.max_rel_err, f"{where}: the call changed its inputs")
     return cmp
@@ -353,7 +353,7 @@ def _time_candidate(spec: TaskSpec, program: str, settings: EvalSettings, inputs
             results[side] = res
             windows.append([side, ref.gpu_uuid, *res.get("window_ns", [0, 0])])
             keep_alive_ms.extend(res.get("keep_alive_ms", []))
-        cmp = compare_outputs(results["ref"]["output"], results["cand"]["output"], spec.atol, spec.rtol, f"timed round {r}")
+        cmp = compare_outputs(results["ref"]["output"], results["cand"]["output"], spec.atol, spec.rtol, f"timed round {r}", atol_scaled=spec.atol_scaled)
         if not cmp.ok:
             return Verdict("rejected", cmp.error, "timed_output_mismatch", cmp.max_abs_err, cmp.max_rel_err, build_s=build_s)
         worst = worst.merge(cmp)
