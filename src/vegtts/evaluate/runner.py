@@ -122,6 +122,7 @@ class Trial:
     output: Any  # reference output
     flags: dict[str, bool]  # reference aliasing facts
     payload: Encoded  # the forward request
+    varied: bool = False  # the varied trial: its absolute tolerance scales with its output (compare.py)
 
 
 @dataclass
@@ -206,7 +207,7 @@ class ReferenceContext:
                 kept.append(output)
                 output = _clone(output)
                 payload = encode_request({"op": "forward", "inputs": inputs})
-                trials.append(Trial(inputs, output, flags, payload))
+                trials.append(Trial(inputs, output, flags, payload, varied=t >= settings.correctness_trials))
         ctx = cls(spec, settings, module, init_inputs, init_seed, state, trials)
         if not mutates:  # pooled inputs are read-only pages; a mutating reference gets socket copies
             ctx.pool = ctx._build_pool()
@@ -352,7 +353,8 @@ def check_correctness(ctx: ReferenceContext, child: ChildSession, program: str) 
             reply = child.request(trial.payload)
             if not same_values(trial.inputs, reply.get("inputs")):
                 return Verdict("incorrect", f"trial {t}: forward modified its inputs", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
-            trial_cmp = compare_outputs(trial.output, reply.get("output"), spec.atol, spec.rtol, atol_scaled=spec.atol_scaled)
+            trial_cmp = compare_outputs(trial.output, reply.get("output"), spec.atol, spec.rtol, where="varied trial output" if trial.varied else "output",
+                                        atol_scaled=spec.atol_scaled or trial.varied)
             cmp = cmp.merge(trial_cmp)
             if not trial_cmp.ok:
                 return Verdict("incorrect", f"trial {t}: {trial_cmp.error}", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)

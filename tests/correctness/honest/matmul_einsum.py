@@ -1,5 +1,5 @@
 # problem: 1_Square_matmul
-# kernelbench: 1
+# kernelbench: 13
 # rewrite: einsum instead of matmul
 class ModelNew(nn.Module):
     def __init__(self):

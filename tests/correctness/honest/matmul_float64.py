@@ -1,5 +1,5 @@
 # problem: 1_Square_matmul
-# kernelbench: 1
+# kernelbench: 13
 # rewrite: float64 accumulation, rounded to float32 once at the end
 class ModelNew(nn.Module):
     def __init__(self):

@@ -1,5 +1,5 @@
 # problem: 1_Square_matmul
-# kernelbench: 1
+# kernelbench: 13
 # rewrite: the inner dimension in tiles of 32, partial products summed in order (every tile, the last one partial)
 class ModelNew(nn.Module):
     def __init__(self):

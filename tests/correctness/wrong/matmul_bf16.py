@@ -1,5 +1,5 @@
 # problem: 1_Square_matmul
-# kernelbench: 1
+# kernelbench: 13
 # bug: products and sums in bfloat16 (8-bit mantissa), cast back to float32
 class ModelNew(nn.Module):
     def __init__(self):

@@ -1,5 +1,5 @@
 # problem: 1_Square_matmul
-# kernelbench: 1
+# kernelbench: 13
 # bug: a tiled kernel whose loop bound skips the last element of the inner dimension
 class ModelNew(nn.Module):
     def __init__(self):
