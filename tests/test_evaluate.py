@@ -25,7 +25,7 @@ from vegtts.evaluate.guards import static_check
 from vegtts.evaluate.server import shared_fork_server
 from vegtts.tasks import load_tasks
 from vegtts.evaluate.stats import speedup_stats
-from vegtts.io import read_parquet_metadata, sha256_text
+from vegtts.io import read_parquet_metadata, sha256_text, write_parquet
 from vegtts.records import STATUSES, TaskSpec
 
 HACKS = Path(__file__).parent / "hacks"
@@ -437,7 +437,7 @@ def test_evaluate_samples_file(tmp_path):
         rows.append({"task_id": "scale", "policy": "base", "seed": 0, "sample_idx": i, "program": prog,
                      "code_sha256": sha256_text(prog) if prog else "", "completion": "..."})
     samples = tmp_path / "samples.parquet"
-    pd.DataFrame(rows).to_parquet(samples)
+    write_parquet(samples, pd.DataFrame(rows))  # with its manifest: the evaluator reads samples verified
     out = tmp_path / "evals.parquet"
     df = evaluate_samples_file(samples, spec_of("scale"), FAST.to_dict(), tmp_path / "cache", out)
     back = pd.read_parquet(out)

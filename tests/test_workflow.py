@@ -112,8 +112,10 @@ def test_bad_input_stops_before_anything_runs(workdir: Path, override: list[str]
 
 
 @pytest.mark.slow
-def test_tiny_run_then_incremental_reruns(workdir: Path):
-    snakemake(workdir, *tiny_args())
+def test_tiny_run_then_incremental_reruns(finished_tiny_run: Path, tmp_path: Path):
+    from conftest import clone_run
+
+    workdir = clone_run(finished_tiny_run, tmp_path / "work")  # the shared tiny run (tests/conftest.py)
     report = workdir / "results/tiny/report.html"
     html = report.read_text()
     assert html.count("data:image/png;base64,") >= 2

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 log = logging.getLogger("vegtts")
 
@@ -51,9 +53,18 @@ def cmd_tasks_list(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks_resolve(args: argparse.Namespace) -> int:
-    from .tasks import resolve_tasks_to_json
+    from .identity import task_key
+    from .tasks import load_tasks, resolve_tasks_to_json
 
-    resolve_tasks_to_json(args.suite_json, Path(args.out))
+    suite = dict(args.suite_json)
+    if args.task:
+        suite["ids"] = [args.task]
+    if args.key:  # the problem file must still be what the workflow planned with
+        found = {spec.task_id: task_key(spec.to_dict()) for spec in load_tasks(suite)}
+        if list(found.values()) != [args.key]:
+            raise ValueError(f"task {args.task!r}: its problem file changed since the workflow was planned (key "
+                             f"{args.key}, now {', '.join(found.values())}); rerun snakemake to plan with the new content")
+    resolve_tasks_to_json(suite, Path(args.out))
     return 0
 
 
@@ -88,12 +99,37 @@ def sampler_settings(settings: dict[str, Any], seed: int) -> dict[str, Any]:
     return mapped
 
 
+def with_runtime(settings: dict[str, Any], runtime: dict[str, Any] | None) -> dict[str, Any]:
+    """Identity settings (a job's params) completed by the runtime settings (vegtts.plan.*_runtime),
+    block by block; identity wins where both name a key."""
+    merged = dict(settings)
+    for key, value in (runtime or {}).items():
+        if isinstance(value, dict):
+            merged[key] = {**value, **(merged.get(key) or {})}
+        else:
+            merged.setdefault(key, value)
+    return merged
+
+
+def verified(*paths: str | Path) -> None:
+    """Check input artifacts against their digests before a stage reads them."""
+    from .io import verify_artifact
+
+    for path in paths:
+        if path:
+            verify_artifact(path)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
+    from .models import ensure_model
     from .sampling import run_sampling
 
     torch.set_num_threads(args.threads)
+    args.settings = with_runtime(args.settings, args.runtime)
+    verified(args.tasks, args.adapter)
+    ensure_model(args.model)
     backend = args.settings.get("backend", "transformers")
     if backend != "transformers":
         from .sampling.remote import run_remote_sampling
@@ -107,6 +143,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             model_path=args.model,
             out_parquet=Path(args.out),
             policy=args.policy,
+            adapter_path=args.adapter or None,
         )
         return 0
     run_sampling(
@@ -126,8 +163,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_samples_file
     from .tasks import read_tasks_json
 
+    verified(args.tasks)
     spec = read_tasks_json(Path(args.tasks))[args.task]
-    settings = dict(args.settings)
+    settings = with_runtime(args.settings, args.runtime)
     if args.workers:
         settings["max_parallel"] = args.workers
     evaluate_samples_file(Path(args.samples), spec, settings, Path(args.cache), Path(args.out))
@@ -139,6 +177,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import run_analysis
     from .io import provenance
 
+    verified(*args.samples, *args.evaluations)
     run_analysis(
         sample_paths=[Path(p) for p in args.samples],
         eval_paths=[Path(p) for p in args.evaluations],
@@ -200,9 +239,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_ttt_update(args: argparse.Namespace) -> int:
     import torch
 
+    from .models import ensure_model
     from .ttt import run_ttt_update
 
     torch.set_num_threads(args.threads)
+    verified(*args.samples, *args.evaluations, args.previous)
+    ensure_model(args.model)
     run_ttt_update(args.samples, args.evaluations, args.model, Path(args.out), args.settings,
                    previous_adapter=args.previous or None, step=args.step)
     return 0
@@ -211,21 +253,23 @@ def cmd_ttt_update(args: argparse.Namespace) -> int:
 def cmd_ttt_score(args: argparse.Namespace) -> int:
     import torch
 
+    from .models import ensure_model
     from .scoring import run_scoring
 
     torch.set_num_threads(args.threads)
-    run_scoring(args.samples, args.model, args.adapter or None, args.scorer, Path(args.out), micro_batch=args.micro_batch)
+    verified(*args.samples, args.adapter)
+    ensure_model(args.model)
+    run_scoring(args.samples, args.model, args.adapter or None, args.scorer, Path(args.out), micro_batch=args.micro_batch,
+                backend=args.backend, vllm_settings=args.vllm_settings)
     return 0
 
 
 def ttt_manifest_of(config: dict[str, Any]) -> dict[str, Any]:
     """The TTT artifacts of an experiment config, exactly as the workflow plans them."""
     from .config import validate_config
-    from .plan import build_plan, model_location
-    from .tasks import list_task_ids
+    from .plan import plan_from_config
 
-    cfg = validate_config(config)
-    plan = build_plan(cfg, list_task_ids(cfg["tasks"]), *model_location(cfg["model"]["source"], cfg["resources_dir"]))
+    plan = plan_from_config(validate_config(config))
     if plan.ttt is None:
         raise ValueError("config key 'ttt.enabled' is false: there is nothing to analyse")
     return plan.ttt_manifest()
@@ -234,7 +278,10 @@ def ttt_manifest_of(config: dict[str, Any]) -> dict[str, Any]:
 def cmd_ttt_analyze(args: argparse.Namespace) -> int:
     from .analysis.ttt import run_ttt_analysis
     from .io import provenance
+    from .plan import plan_from_config
+    from .config import validate_config
 
+    verified(*plan_from_config(validate_config(args.config)).ttt_files())
     run_ttt_analysis(ttt_manifest_of(args.config), provenance(config_hash=args.config_hash), Path(args.out),
                      variant=args.config["analysis"]["primary_variant"])
     return 0
@@ -265,6 +312,9 @@ def _add_ttt_parsers(sub: Any) -> None:
     p.add_argument("--scorer", required=True, help="name of the scoring policy stored with the scores")
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
+                   help="transformers (the model in this process) or vllm (vLLM prompt log-probs)")
+    p.add_argument("--vllm-settings", type=_json_arg, default=None, help="sampling.vllm settings as JSON (backend vllm)")
     p.add_argument("--out", required=True)
     p = _add(ttt, "analyze", cmd_ttt_analyze, "TTT tables: trajectory, selection, probe, compute, equal budget")
     p.add_argument("--config", type=_json_arg, required=True, help="the experiment config as JSON (its plan lists the inputs)")
@@ -273,6 +323,40 @@ def _add_ttt_parsers(sub: Any) -> None:
     p = _add(ttt, "figures", cmd_ttt_figures, "TTT trajectory and probe figures from the TTT tables")
     p.add_argument("--tables", required=True)
     p.add_argument("--out", required=True)
+
+
+# --- store ------------------------------------------------------------------------------------
+def cmd_store_verify(args: argparse.Namespace) -> int:
+    from .store import verify_store
+
+    planned: list[str] = []
+    if args.configfile:
+        from .config import load_config
+        from .plan import plan_from_config
+
+        cfg = load_config(args.configfile)
+        if Path(cfg["results_dir"]).resolve() != Path(args.results).resolve():
+            raise ValueError(f"{args.configfile} writes to results_dir {cfg['results_dir']!r}, not {args.results!r}")
+        planned = plan_from_config(cfg).store_artifacts()
+    report = verify_store(args.results, repair=not args.dry_run, planned=planned)
+    for line in report.lines():
+        print(line)
+    bad = len(report.corrupt) + len(report.stale) + len(report.bad_cache_entries)
+    print(f"{report.checked} artifact(s) hashed and checked, {bad} bad, {len(report.missing)} missing"
+          + ("" if args.dry_run or not bad else "; bad ones moved aside") + (": the store is whole" if report.whole else ""))
+    return 0 if report.whole else 1
+
+
+def _add_store_parsers(sub: Any) -> None:
+    store = sub.add_parser("store", help="the content-addressed store: integrity and completeness")
+    actions = store.add_subparsers(dest="action", required=True)
+    p = _add(actions, "verify", cmd_store_verify,
+             "hash every artifact of <results>/store against its manifest and check every evaluation-cache "
+             "entry; move corrupt and stale ones to <results>/store/quarantine/ so the next snakemake run "
+             "regenerates them (exit 1 if anything was wrong)")
+    p.add_argument("results", nargs="?", default="results", help="the workflow's results_dir (default: results)")
+    p.add_argument("--configfile", help="also list the artifacts this experiment plans that are missing")
+    p.add_argument("--dry-run", action="store_true", help="report only; move nothing")
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -292,6 +376,9 @@ def _add_suite_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vegtts", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log", default="",
+                        help="write all output (logging, progress, child processes) to this file; a failure is "
+                             "also named in one line on the original stderr (how workflow jobs run)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     config = sub.add_parser("config", help="check a config file").add_subparsers(dest="action", required=True)
@@ -304,8 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_suite_options(p)
     p = _add(tasks, "validate", cmd_tasks_validate, "screen problems for degenerate outputs (exit 1 if any fails)")
     _add_suite_options(p)
-    p = _add(tasks, "resolve", cmd_tasks_resolve, "resolve a suite into a tasks.json of task specs")
+    p = _add(tasks, "resolve", cmd_tasks_resolve, "resolve a suite (or one task of it) into a tasks.json of task specs")
     p.add_argument("--suite", dest="suite_json", type=_json_arg, required=True, help="suite settings as JSON")
+    p.add_argument("--task", default="", help="resolve only this task id")
+    p.add_argument("--key", default="", help="the task key the workflow planned (fails if the problem file changed)")
     p.add_argument("--out", required=True)
 
     model = sub.add_parser("model", help="model preparation").add_subparsers(dest="action", required=True)
@@ -321,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", type=_json_arg, required=True, help="sampling + prompt settings as JSON")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--adapter", default="", help="LoRA adapter folder on top of the model (a TTT checkpoint)")
+    p.add_argument("--runtime", type=_json_arg, default=None,
+                   help="settings that are not part of the samples' identity (server address, timeouts), merged into --settings")
     p.add_argument("--out", required=True)
 
     p = _add(sub, "evaluate", cmd_evaluate, "check and time every sample of one task")
@@ -330,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", type=_json_arg, required=True, help="evaluation settings as JSON")
     p.add_argument("--cache", required=True, help="per-candidate cache folder")
     p.add_argument("--workers", type=int, default=0, help="parallel correctness workers (0 = all cores)")
+    p.add_argument("--runtime", type=_json_arg, default=None,
+                   help="evaluation settings that are not part of a verdict's identity (e.g. gpus), merged into --settings")
     p.add_argument("--out", required=True)
 
     p = _add(sub, "analyze", cmd_analyze, "tables: sample statistics, selection rules, scaling, signal check")
@@ -355,24 +448,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiments", nargs="+", help="experiment result folders (results/<exp>/ with tables/ and figures/)")
     p.add_argument("--out", required=True, help="the comparison report.html")
     _add_ttt_parsers(sub)
+    _add_store_parsers(sub)
     return parser
+
+
+def redirect_output(log_path: str) -> TextIO:
+    """Send this process's stdout and stderr (and its children's) to `log_path`; return a stream on
+    the original stderr, for the one line that names a failure where the caller sees it."""
+    original = os.fdopen(os.dup(2), "w", buffering=1)
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return original
+
+
+def failure_message(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f" writing {err.filename}" if err.filename else ""
+        return (f"No space left on device{where} ({err}); free space on that filesystem (df -h) and rerun: "
+                "finished artifacts are kept, the interrupted one was not written")
+    return str(err)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    original_stderr = redirect_output(args.log) if args.log else None
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+    def tell_caller(message: str) -> None:
+        if original_stderr is not None:
+            print(f"vegtts {args.command}: {message} (log: {args.log})", file=original_stderr, flush=True)
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        # Bad input gets one clear line; -v shows the traceback.
-        if args.verbose:
+    except (ValueError, FileNotFoundError, OSError) as err:
+        # Bad input or a full disk gets one clear line; -v shows the traceback.
+        message = failure_message(err)
+        tell_caller(message)
+        if args.verbose or (isinstance(err, OSError) and not isinstance(err, FileNotFoundError)
+                            and err.errno != errno.ENOSPC):
             raise
-        log.error("%s (rerun with -v for the traceback)", err)
+        log.error("%s (rerun with -v for the traceback)", message)
         return 2
+    except Exception as err:
+        tell_caller(f"failed: {type(err).__name__}: {failure_message(err)}")
+        raise
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,11 +26,8 @@ rule analyze:
         config_hash=PLAN.base_sample_key + "-" + PLAN.base_eval_key,
         code=stage_code("analysis"),
         out=f"{EXP}/tables",
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{EXP}/logs/analyze.log",
     shell:
-        "vegtts analyze --samples {input.samples} --evaluations {input.evaluations}"
+        "vegtts --log {log} analyze --samples {input.samples} --evaluations {input.evaluations}"
         " --settings {params.settings:q} --config-hash {params.config_hash} --out {params.out}"
-        " > {log} 2>&1"
