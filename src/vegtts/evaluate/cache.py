@@ -31,7 +31,8 @@ ENTRY_DIGEST = "entry_digest"
 
 def settings_dir_name(spec: TaskSpec, settings: EvalSettings) -> str:
     # the task's tolerances decide correctness too, so they belong to the key
-    return short_hash({"settings": settings.cache_key(), "atol": spec.atol, "rtol": spec.rtol})
+    return short_hash({"settings": settings.cache_key(), "atol": spec.atol, "rtol": spec.rtol, "atol_scaled": spec.atol_scaled,
+                       "varied_inputs": spec.varied_inputs})
 
 
 def record_path(cache_dir: Path, spec: TaskSpec, settings: EvalSettings, code_sha256: str) -> Path:

@@ -121,6 +121,7 @@ class Trial:
     output: Any  # reference output
     flags: dict[str, bool]  # reference aliasing facts
     payload: Encoded  # the forward request
+    varied: bool = False  # the varied trial: its absolute tolerance scales with its output (compare.py)
 
 
 @dataclass
@@ -189,8 +190,11 @@ class ReferenceContext:
             trials, previous = [], []
             kept: list[Any] = []  # alive until all trials ran, as in the child: no address is reused
             mutates = False
-            for t in range(settings.correctness_trials):
-                inputs = make_inputs(module, derive_seed(settings.seed, "correctness", t))
+            varied = None  # the extra trial on signed, wider inputs (docs/evaluator.md, "Correctness")
+            if settings.varied_inputs and spec.varied_inputs:
+                varied = task_runtime.varied_trial_inputs(module, model, derive_seed(settings.seed, "correctness", "varied"), make_inputs)
+            for t in range(settings.correctness_trials + (varied is not None)):
+                inputs = make_inputs(module, derive_seed(settings.seed, "correctness", t)) if t < settings.correctness_trials else varied[0]
                 working = _clone(inputs)
                 try:
                     output = model(*working)
@@ -202,7 +206,7 @@ class ReferenceContext:
                 kept.append(output)
                 output = _clone(output)
                 payload = encode_request({"op": "forward", "inputs": inputs})
-                trials.append(Trial(inputs, output, flags, payload))
+                trials.append(Trial(inputs, output, flags, payload, varied=t >= settings.correctness_trials))
         ctx = cls(spec, settings, module, init_inputs, init_seed, state, trials)
         if not mutates:  # pooled inputs are read-only pages; a mutating reference gets socket copies
             ctx.pool = ctx._build_pool()
@@ -348,7 +352,8 @@ def check_correctness(ctx: ReferenceContext, child: ChildSession, program: str) 
             reply = child.request(trial.payload)
             if not same_values(trial.inputs, reply.get("inputs")):
                 return Verdict("incorrect", f"trial {t}: forward modified its inputs", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
-            trial_cmp = compare_outputs(trial.output, reply.get("output"), spec.atol, spec.rtol)
+            trial_cmp = compare_outputs(trial.output, reply.get("output"), spec.atol, spec.rtol, where="varied trial output" if trial.varied else "output",
+                                        atol_scaled=spec.atol_scaled or trial.varied)
             cmp = cmp.merge(trial_cmp)
             if not trial_cmp.ok:
                 return Verdict("incorrect", f"trial {t}: {trial_cmp.error}", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
@@ -455,7 +460,7 @@ def _time_rounds(ctx: ReferenceContext, ref: ChildSession, cand: ChildSession) -
                 else:
                     cand_out, ns = ctx.check_and_load(cand, 1, r)
                     cand_untimed.append(ns)
-            cmp = compare_outputs(ref_out["sampled"], cand_out.get("sampled"), spec.atol, spec.rtol)
+            cmp = compare_outputs(ref_out["sampled"], cand_out.get("sampled"), spec.atol, spec.rtol, atol_scaled=spec.atol_scaled)
             if ref_out["shapes"] != cand_out.get("shapes"):
                 cmp = Comparison(False, error=f"output shapes {cand_out.get('shapes')} != reference {ref_out['shapes']}")
             if not cmp.ok:
@@ -659,7 +664,7 @@ _last_context: dict[str, ReferenceContext] = {}
 
 def _reference_context(spec: TaskSpec, settings: EvalSettings) -> ReferenceContext:
     """The last task's context is kept, so repeated calls for one task reuse its inputs."""
-    key = f"{spec.source_sha256}:{settings.settings_hash()}:{spec.atol}:{spec.rtol}"
+    key = f"{spec.source_sha256}:{settings.settings_hash()}:{spec.atol}:{spec.rtol}:{spec.atol_scaled}:{spec.varied_inputs}"
     if key not in _last_context:
         for old in _last_context.values():
             old.close()

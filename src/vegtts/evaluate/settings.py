@@ -21,7 +21,8 @@ DEVICES = ("cpu", "cuda")
 class EvalSettings:
     device: str = "cpu"
     threads: int = 1  # torch intra-op threads in every child (timing and correctness)
-    correctness_trials: int = 3  # fresh-input trials that must all match
+    correctness_trials: int = 5  # fresh-input trials that must all match (KernelBench's scripts: 5)
+    varied_inputs: bool = True  # plus one trial on signed, wider inputs (tasks.runtime.vary_inputs), where the task allows
     timing_rounds: int = 15  # interleaved reference/candidate rounds
     calls_per_round: int = 3  # forward calls per batch; per-call time = batch time / calls
     warmup_calls: int = 2  # untimed calls per side before the rounds

@@ -297,7 +297,7 @@ class GpuSession:
         try:
             info = self.keeper.request({
                 "op": "setup", "source": spec.source, "init_seed": self.init_seed, "init_inputs": self.init_inputs,
-                "tf32": settings.tf32, "threads": settings.threads, "atol": spec.atol, "rtol": spec.rtol, "trial_seeds": trial_seeds(spec, settings),
+                "tf32": settings.tf32, "threads": settings.threads, "atol": spec.atol, "rtol": spec.rtol, "atol_scaled": spec.atol_scaled, "trial_seeds": trial_seeds(spec, settings),
             }, timeout_s=max(settings.timeout_s, 120.0))
         except WorkerFailure as exc:
             ref_proc.close()
@@ -392,7 +392,7 @@ class GpuSession:
 
 
 def session_key(spec: TaskSpec, settings: EvalSettings, dry_device: str | None) -> str:
-    return f"{spec.source_sha256}:{spec.atol}:{spec.rtol}:{settings.settings_hash()}:{dry_device}"
+    return f"{spec.source_sha256}:{spec.atol}:{spec.rtol}:{spec.atol_scaled}:{settings.settings_hash()}:{dry_device}"
 
 
 _sessions: dict[str, GpuSession] = {}  # GPU -> the session of the last task evaluated on it

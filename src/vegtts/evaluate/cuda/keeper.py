@@ -70,6 +70,7 @@ class Keeper:
         self.model: Any = None
         self.module: Any = None
         self.atol = self.rtol = 1e-4
+        self.atol_scaled = False  # the task's opt-in to an absolute tolerance scaled by max|ref| (compare.py)
         self.trials: dict[int, tuple[list[Any], Call]] = {}
         self.slots: dict[int, tuple[slot_layout.Slot, slot_layout.Slot]] = {}
         self.current: dict[int, Call] = {}
@@ -101,6 +102,7 @@ class Keeper:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.atol, self.rtol = float(msg["atol"]), float(msg["rtol"])
+        self.atol_scaled = bool(msg.get("atol_scaled", False))
         path = os.path.join(os.getcwd(), f"{_MODULE}.py")
         with open(path, "w", encoding="utf-8") as f:
             f.write(msg["source"])
@@ -178,7 +180,7 @@ class Keeper:
 
         produced = slot_layout.rebuild(skeleton, leaf)
         try:
-            cmp = compare_outputs(call.output, produced, self.atol, self.rtol, where)
+            cmp = compare_outputs(call.output, produced, self.atol, self.rtol, where, atol_scaled=self.atol_scaled)
         except NotImplementedError:  # a meta placeholder reached a value comparison
             cmp = Comparison(False, float("inf"), float("inf"), f"{where}: the output was not delivered")
         if cmp.ok:
