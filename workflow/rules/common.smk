@@ -4,6 +4,7 @@ import shlex
 
 from snakemake.exceptions import WorkflowError
 
+from vegtts.analysis.provenance import config_hash
 from vegtts.config import ConfigError, validate_config
 from vegtts.plan import build_plan, model_location, stage_code
 from vegtts.tasks import list_task_ids
@@ -23,6 +24,10 @@ except ValueError as err:
     raise WorkflowError(str(err)) from None
 
 RESULTS = PLAN.results
+# Written into every table's header: the TTT tables depend on the whole config, the base analysis
+# on every key but ttt (so that a TTT change does not rerun it).
+CONFIG_HASH = config_hash(config)
+BASE_CONFIG_HASH = config_hash(config, without=("ttt",))
 STORE = PLAN.store
 EXP = PLAN.exp_dir
 

@@ -104,6 +104,8 @@ rule ttt_analyze:
         [f"{EXP}/tables/{name}" for name in TTT_TABLES],
     params:
         config=as_json(config),
+        config_hash=CONFIG_HASH,
+        store_keys=lambda w: store_keys(ttt=True),
         out=f"{EXP}/tables",
         code=stage_code("analysis"),
     conda:
@@ -111,7 +113,8 @@ rule ttt_analyze:
     log:
         f"{EXP}/logs/ttt_analyze.log",
     shell:
-        "vegtts ttt analyze --config {params.config:q} --out {params.out} > {log} 2>&1"
+        "vegtts ttt analyze --config {params.config:q} --config-hash {params.config_hash} --config-hash-scope all"
+        " --store-keys {params.store_keys:q} --out {params.out} > {log} 2>&1"
 
 
 rule ttt_figures:
