@@ -222,7 +222,9 @@ def select_all(samples: pd.DataFrame, variants: Sequence[str] = SURPRISAL_VARIAN
     groups = samples.groupby(UNIT_KEYS, sort=True)
     for key, unit in tqdm(groups, total=groups.ngroups, desc="selection", disable=groups.ngroups < 50):
         n_correct = int(unit["correct"].sum())
-        base = dict(zip(UNIT_KEYS, key), n_samples=len(unit), n_correct=n_correct)
+        logs = _log_floor(unit.loc[unit["correct"].astype(bool), "speedup"].to_numpy(float))
+        base = dict(zip(UNIT_KEYS, key), n_samples=len(unit), n_correct=n_correct,
+                    log_speedup_spread=float(np.ptp(logs)) if logs.size else 0.0)
         rows.extend({**base, **asdict(s)} for s in select_unit(unit, variants))
     return pd.DataFrame(rows)
 
@@ -310,9 +312,13 @@ class UnitMatrix:
         self._task_index = np.searchsorted(np.array(self.task_order, dtype=object), self.tasks)
         self.units_per_task = self._sum(np.ones(len(self.tasks)))
         self.solvable_per_task = self._sum(self.solvable)
-        # The largest spread of selected log speedups between any two rules within one unit: the
-        # range anchor of a log speedup ratio (no two rules can differ by more on any observed task).
-        spread = (self.log_speedup.max(axis=1) - self.log_speedup.min(axis=1)).to_numpy(float)
+        # The range anchor of a log speedup ratio: the largest spread of log speedups among the correct
+        # samples of any unit (no two rules can differ by more on any observed task); without the
+        # column, the largest spread between the rules' picks.
+        if "log_speedup_spread" in pol:
+            spread = pol.groupby(idx)["log_speedup_spread"].first().reindex(self.success.index).to_numpy(float)
+        else:
+            spread = (self.log_speedup.max(axis=1) - self.log_speedup.min(axis=1)).to_numpy(float)
         spread = spread[self.solvable.astype(bool) & np.isfinite(spread)]
         self.log_ratio_range = float(spread.max()) if spread.size else 0.0
         self._draws: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
