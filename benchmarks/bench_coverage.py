@@ -17,7 +17,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from vegtts.analysis.synthetic import RepeatedProgramDesign, comparison_coverage, true_surprisal_vs_random
+from vegtts.analysis.synthetic import (
+    RepeatedProgramDesign,
+    comparison_coverage,
+    true_surprisal_vs_random,
+)
 
 
 def main() -> None:

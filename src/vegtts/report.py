@@ -23,7 +23,6 @@ from vegtts.analysis.definitions import DEFINITIONS
 from vegtts.analysis.run import TABLE_FILES
 from vegtts.analysis.tables import flatten, read_table
 from vegtts.io import write_text
-from vegtts.plots import RULE_STYLE, _primary, primary_rules
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +59,6 @@ FIGURE_CAPTIONS = {
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
-
-def _pct(x: float) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.0f}%"
 
 
 def _fmt_cell(v: Any) -> Any:
@@ -447,21 +443,11 @@ def compare_experiments(exp_dirs: list[Path], out_html: Path) -> Path:
         if sel.empty:
             parts.append(f"<li>{esc(name)}: no selection table.</li>")
             continue
-        policy, variant = _primary(dict(header), sel)
+        policy, variant = claims.primary_of(header, sel)
         variants[name] = variant
-        rules = primary_rules(sel, policy, variant, kinds=("main", "length_controlled", "tail", "control"))
-        rate = dict(zip(rules["rule"], rules["success_rate"]))
-        cont = rules[rules["rule"] != "oracle"].sort_values("success_rate", ascending=False, kind="mergesort")
-        best = cont.iloc[0] if len(cont) else None
-        text = (f"<b>{esc(name)}</b> (policy {esc(policy)}, variant {esc(variant)}, n = {int(rules['n_tasks'].max())} "
-                f"tasks): oracle {_pct(rate.get('oracle', math.nan))}, random {_pct(rate.get('random', math.nan))}, "
-                f"surprisal {_pct(rate.get('surprisal', math.nan))}, most-confident "
-                f"{_pct(rate.get('most_confident', math.nan))}")
-        if best is not None:
-            text += f"; best non-oracle rule {esc(_label(best['rule']))} {_pct(best['success_rate'])}"
-            if np.isfinite(best.get("success_lo", math.nan)):
-                text += f" (95% CI {_pct(best['success_lo'])} to {_pct(best['success_hi'])})"
-        parts.append(f"<li>{text}.</li>")
+        ts = " ".join(render(x) for x in claims.task_success_sentences(sel, tables["comparisons"], policy, variant))
+        text = f"<b>{esc(name)}</b> (policy {esc(policy)}): {ts}"
+        parts.append(f"<li>{text}</li>")
     parts.append("</ul>")
 
     parts.append("<h2>Figures</h2>")

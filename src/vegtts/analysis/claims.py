@@ -230,7 +230,7 @@ def task_success_sentences(selection: pd.DataFrame, comp: pd.DataFrame, policy: 
         unbeaten = [r for r in non_oracle if r not in beaten]
         out.append("Paired differences whose interval excludes 0: " + "; ".join(
             f"**{label(w)} beats {label(lo_)}** by {100 * d:+.0f} points [{100 * a:+.0f}, {100 * b:+.0f}]"
-            for w, lo_, d, a, b in wins) + f". Every other pair of non-oracle rules ties. Not beaten by any rule: "
+            for w, lo_, d, a, b in wins) + ". Every other pair of non-oracle rules ties. Not beaten by any rule: "
             + ", ".join(label(r) for r in unbeaten) + " (these tie with each other).")
     oracle = c[(c["rule_a"] == "oracle") | (c["rule_b"] == "oracle")]
     if oracle.empty:

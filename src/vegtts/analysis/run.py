@@ -11,7 +11,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from vegtts.analysis.definitions import CEILING_TOLERANCE, DEFAULT_VARIANT, SURPRISAL_VARIANTS, definitions_for
+from vegtts.analysis.definitions import (
+    CEILING_TOLERANCE,
+    DEFAULT_VARIANT,
+    SURPRISAL_VARIANTS,
+    definitions_for,
+)
 from vegtts.analysis.estimators import expected_best_speedup_at_k, fast_p_at_k, k_grid
 from vegtts.analysis.merge import merge_samples_and_evaluations
 from vegtts.analysis.programs import distinct_programs

@@ -133,7 +133,12 @@ def paired_comparisons(per_unit: pd.DataFrame, n_boot: int = 1000, seed: int = 0
     """The planned pairs (COMPARISONS) under every variant (once, as '-', when neither rule has
     variants; column scope = planned), and with `primary_variant` every other pair of rules under
     that variant (scope = all_pairs), so that a report can name the rules no other rule beats."""
-    from vegtts.analysis.selection import NO_VARIANT, UnitMatrix, bootstrap_weights, interval_including, percentile_ci
+    from vegtts.analysis.selection import (
+        NO_VARIANT,
+        UnitMatrix,
+        bootstrap_weights,
+        interval_including,
+    )
 
     rows = []
     rng = np.random.default_rng(seed)
@@ -173,7 +178,7 @@ def paired_comparisons(per_unit: pd.DataFrame, n_boot: int = 1000, seed: int = 0
                                   if solv_units.any() else math.nan)
                 row = {
                     "policy": policy, "variant": variant, "scope": "all_pairs" if only else "planned",
-                    "rule_a": a, "rule_b": b, "n_units": int(len(mat.success)), "n_tasks": len(mat.task_order),
+                    "rule_a": a, "rule_b": b, "n_units": len(mat.success), "n_tasks": len(mat.task_order),
                     "n_tasks_solvable": int(solvable.sum()),
                     "rate_a": pa, "rate_b": pb, "diff": pa - pb, "diff_lo": math.nan, "diff_hi": math.nan,
                     "task_success_verdict": "",
