@@ -144,13 +144,18 @@ def outcome_sentences(outcomes: pd.DataFrame, policy: str) -> list[str]:
     return out
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def rejection_sentence(rejections: pd.DataFrame) -> str:
-    """Every rejected program with its guard (or that there were none)."""
+    """Every task and guard with rejected programs (or that there were none); rejections.csv has each program."""
     if rejections.empty:
         return "No evaluation was rejected by a guard."
-    items = [f"{r['task_id']} ({r['guard']}, {int(r['n_samples'])} samples)" for _, r in rejections.iterrows()]
-    return (f"Rejected by a guard: {int(rejections['n_samples'].sum())} samples, {len(rejections)} distinct programs: "
-            + "; ".join(items) + ".")
+    g = rejections.groupby(["task_id", "guard"], sort=True).agg(n=("n_samples", "sum"), p=("n_samples", "size"))
+    items = [f"{task} ({guard}: {_n(int(r['n']), 'sample')}, {_n(int(r['p']), 'program')})" for (task, guard), r in g.iterrows()]
+    return (f"Rejected by a guard: {_n(int(rejections['n_samples'].sum()), 'sample')}, "
+            f"{_n(len(rejections), 'distinct program')}: " + "; ".join(items) + " (rejections.csv).")
 
 
 def validation_sentence(sample_stats: pd.DataFrame) -> str:
@@ -163,7 +168,7 @@ def validation_sentence(sample_stats: pd.DataFrame) -> str:
         return "The task screen flagged no task."
     items = [f"{r['task_id']}{' (left out)' if is_true(r.get('excluded', False)) else ''}: {r['validation']}"
              for _, r in v.iterrows()]
-    return f"The task screen flagged {len(v)} task(s): " + "; ".join(items) + "."
+    return f"The task screen flagged {_n(len(v), 'task')}: " + "; ".join(items) + "."
 
 
 def signal_sentence(signal: pd.DataFrame) -> str:
@@ -204,6 +209,14 @@ def beats(comp: pd.DataFrame, verdict_column: str, lo: str, hi: str, value: str)
     return out
 
 
+def _headline_first(wins: list[tuple[str, str, float, float, float]]) -> tuple[list, int]:
+    """The verdicts between two headline rules (all of them when there are few), and how many are left."""
+    if len(wins) <= 4:
+        return wins, 0
+    shown = [w for w in wins if w[0] in HEADLINE_RULES and w[1] in HEADLINE_RULES]
+    return shown, len(wins) - len(shown)
+
+
 def task_success_sentences(selection: pd.DataFrame, comp: pd.DataFrame, policy: str, variant: str) -> list[str]:
     """Headline rates with intervals, then which rule beats which (paired intervals) and the ties."""
     rules = _rules(selection, policy, variant)
@@ -228,9 +241,11 @@ def task_success_sentences(selection: pd.DataFrame, comp: pd.DataFrame, policy: 
     else:
         beaten = {loser for _, loser, *_ in wins}
         unbeaten = [r for r in non_oracle if r not in beaten]
+        shown, rest = _headline_first(wins)
         out.append("Paired differences whose interval excludes 0: " + "; ".join(
             f"**{label(w)} beats {label(lo_)}** by {100 * d:+.0f} points [{100 * a:+.0f}, {100 * b:+.0f}]"
-            for w, lo_, d, a, b in wins) + ". Every other pair of non-oracle rules ties. Not beaten by any rule: "
+            for w, lo_, d, a, b in shown) + (f"; and {rest} more involving controls (comparisons.csv)" if rest else "")
+            + ". Every other pair of non-oracle rules ties. Not beaten by any rule: "
             + ", ".join(label(r) for r in unbeaten) + " (these tie with each other).")
     oracle = c[(c["rule_a"] == "oracle") | (c["rule_b"] == "oracle")]
     if oracle.empty:
@@ -267,8 +282,10 @@ def speedup_sentences(selection: pd.DataFrame, comp: pd.DataFrame, policy: str, 
         wins = beats(others, "speedup_verdict", "geomean_ratio_solvable_lo", "geomean_ratio_solvable_hi",
                      "geomean_ratio_solvable")
         if wins:
+            shown, rest = _headline_first(wins)
             out.append("Paired speedup ratios whose interval excludes 1: " + "; ".join(
-                f"**{label(w)} over {label(lo_)}** {r:.2f}x [{a:.2f}, {b:.2f}]" for w, lo_, r, a, b in wins)
+                f"**{label(w)} over {label(lo_)}** {r:.2f}x [{a:.2f}, {b:.2f}]" for w, lo_, r, a, b in shown)
+                + (f"; and {rest} more involving controls (comparisons.csv)" if rest else "")
                 + ". Every other pair of non-oracle rules ties on speedup.")
         else:
             out.append("**No rule's selected speedup differs from another's**: every paired ratio interval between "
@@ -323,8 +340,9 @@ def limits_sentence(selection: pd.DataFrame, policy: str, variant: str) -> str:
     rules = _rules(selection, policy, variant)
     n = int(rules["n_tasks"].max()) if not rules.empty else 0
     items = [
-        f"with {n} tasks one task moves a success rate by {100 / max(n, 1):.0f} points, and percentile bootstrap "
-        "intervals are optimistic at small n",
+        f"with {n} tasks one task moves a success rate by {100 / max(n, 1):.0f} points; the intervals are built to "
+        "err wide at this size (simulated coverage: benchmarks/bench_coverage.py), so a tie means the data cannot "
+        "tell the rules apart, not that they are equal",
         "every rule, random included, picks among samples already known to be correct, so it presupposes checking "
         "every sample; the oracle and top-3 rules also time several candidates (column mean_n_timed)",
         f"the four surprisal variants are four looks at the same data; the primary variant ({variant}) was fixed in "
