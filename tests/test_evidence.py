@@ -515,6 +515,7 @@ def test_comparison_intervals_cover_a_planted_truth_when_samples_repeat_programs
     assert cov["mean_halfwidth_diff"] < 0.3, cov  # wide enough to cover, not uninformative
 
 
+@pytest.mark.slow
 def test_resampling_units_instead_of_tasks_undercovers_when_seeds_share_programs():
     """Negative control: the coverage check can fail.  Three seeds of a task draw the same programs;
     treating each (seed, task) as independent gives intervals that miss the truth far too often."""
