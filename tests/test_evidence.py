@@ -114,6 +114,8 @@ def test_reference_copies_are_recognised_as_syntax_trees():
                          "    def forward(self, x):\n        return torch.relu(x)\n")
     module_ref_init = ref.replace("    def forward", "    def __init__(self):\n        super(Model, self).__init__()\n    def forward")
     assert is_reference_copy(body_copy)
+    annotated = ref.replace("def forward(self, x):", "def forward(self, x: torch.Tensor) -> torch.Tensor:")
+    assert is_reference_copy(annotated + body_copy[len(ref):])  # the body format writes no annotations
     assert not is_reference_copy(body_other)
     assert not is_reference_copy(module_copy)  # Model has no __init__ of its own: not the same module
     assert is_reference_copy(module_ref_init + module_copy[len(ref):])

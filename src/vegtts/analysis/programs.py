@@ -41,7 +41,8 @@ def _method(cls: ast.ClassDef, name: str) -> ast.FunctionDef | None:
 
 
 def _body_dump(fn: ast.FunctionDef, rename: dict[str, str]) -> str:
-    """The function's arguments and body without a docstring, names in `rename` replaced."""
+    """The function's argument names and defaults and its body without a docstring, names in
+    `rename` replaced (type annotations do not matter)."""
     body = list(fn.body)
     if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
             and isinstance(body[0].value.value, str):
@@ -50,7 +51,12 @@ def _body_dump(fn: ast.FunctionDef, rename: dict[str, str]) -> str:
     for node in ast.walk(module):
         if isinstance(node, ast.Name) and node.id in rename:
             node.id = rename[node.id]
-    return ast.dump(fn.args, annotate_fields=False) + ast.dump(module, annotate_fields=False)
+    a = fn.args
+    names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)] + [f"*{a.vararg.arg}" if a.vararg else "",
+                                                                          f"**{a.kwarg.arg}" if a.kwarg else ""]
+    defaults = [ast.dump(d, annotate_fields=False) for d in (*a.defaults, *a.kw_defaults) if d is not None]
+    # argument names and defaults, not annotations: the body format writes `def forward(self, x)`
+    return repr((names, defaults)) + ast.dump(module, annotate_fields=False)
 
 
 def is_reference_copy(program: str) -> bool:
