@@ -398,9 +398,22 @@ def ttt_sentences(selection: pd.DataFrame, equal: pd.DataFrame, probe: pd.DataFr
     if len(seeds) < 3:
         out.append(f"{len(seeds)} TTT seed(s) give no interval: compare seeds, not the mean.")
     if not probe.empty and "subset" in probe:
-        p0 = probe[(probe["step"] == 0) & (probe["subset"] == "correct")]
+        correct = probe[probe["subset"] == "correct"]
+        p0 = correct[correct["step"] == 0]
         if len(p0):
             x = p0.iloc[0]
-            out.append(f"Over-sharpening probe: {int(x['n_probe_samples'])} base samples no TTT update trained on, "
-                       f"{int(x['n_programs'])} distinct correct programs in {int(x['n_tasks'])} tasks (ttt_probe.csv).")
+
+            def rho_text(r: pd.Series) -> str:
+                note = str(r.get("note", "") or "")
+                if note and note != "nan":
+                    return note
+                return rho_ci(r["rho"], r["rho_lo"], r["rho_hi"])
+
+            last = correct.sort_values("step").groupby("ttt_seed").tail(1)
+            per_seed = "; ".join(f"seed {r['ttt_seed']} step {int(r['step'])}: {rho_text(r)}" for _, r in last.iterrows()
+                                 if int(r["step"]) > 0)
+            out.append(f"Over-sharpening probe ({int(x['n_probe_samples'])} base samples no TTT update trained on; "
+                       f"{int(x['n_programs'])} distinct correct programs in {int(x['n_tasks'])} tasks): Spearman "
+                       f"rho(NLL, speedup) over correct programs at step 0 {rho_text(x)}"
+                       + (f"; {per_seed}" if per_seed else "") + " (task-clustered 95% intervals; ttt_probe.csv).")
     return out
