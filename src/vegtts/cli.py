@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import errno
 import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 log = logging.getLogger("vegtts")
 
@@ -175,15 +175,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # --- analysis, figures, report ----------------------------------------------------------------
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import run_analysis
+    from .analysis.provenance import run_provenance
     from .io import provenance
 
-    verified(*args.samples, *args.evaluations)
+    verified(*args.samples, *args.evaluations, *args.tasks)
     run_analysis(
         sample_paths=[Path(p) for p in args.samples],
         eval_paths=[Path(p) for p in args.evaluations],
         settings=args.settings,
-        provenance=provenance(config_hash=args.config_hash),
+        provenance=run_provenance(provenance(), args.config_hash, args.store_keys, args.config_hash_scope),
         out_dir=Path(args.out),
+        tasks_path=[Path(p) for p in args.tasks],
     )
     return 0
 
@@ -195,36 +197,35 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
-def stage_times_from_benchmarks(artifacts: list[str]) -> dict[str, dict[str, float]]:
-    """Sum Snakemake benchmark files (`<artifact>.benchmark.tsv`) per stage (samples/evaluations)."""
-    totals: dict[str, dict[str, float]] = {}
-    for artifact in artifacts:
-        path = Path(artifact)
-        bench = path.with_name(path.stem + ".benchmark.tsv")
-        stage = "sample" if "/samples/" in str(path) else "evaluate"
-        entry = totals.setdefault(stage, {"jobs": 0, "seconds": 0.0})
-        if not bench.is_file():
-            continue
-        with bench.open() as f:
-            for row in csv.DictReader(f, delimiter="\t"):
-                entry["jobs"] += 1
-                entry["seconds"] += float(row["s"])
-    return totals
-
-
 def cmd_report(args: argparse.Namespace) -> int:
+    from .analysis.provenance import code_version
     from .io import provenance
-    from .report import make_report
+    from .report import make_report, stage_times_from_benchmarks
 
     make_report(
         tables_dir=Path(args.tables),
         figures_dir=Path(args.figures),
         config=args.config,
-        provenance=provenance(),
-        stage_times=stage_times_from_benchmarks(args.timings or []),
+        provenance=provenance(code=code_version()),
+        stage_times=stage_times_from_benchmarks(args.timings or [], args.ttt_timings or []),
         out_html=Path(args.out),
         ttt=args.ttt,
     )
+    return 0
+
+
+def cmd_readme_section(args: argparse.Namespace) -> int:
+    from .report import write_readme_section
+
+    changed = write_readme_section(Path(args.experiment), Path(args.readme), check=args.check)
+    if args.check:
+        if changed:
+            log.error("%s: the measured section differs from what %s's tables give; run `vegtts readme-section %s`",
+                      args.readme, args.experiment, args.experiment)
+            return 1
+        log.info("%s: the measured section matches %s", args.readme, args.experiment)
+        return 0
+    log.info("%s: measured section %s", args.readme, "rewritten" if changed else "already up to date")
     return 0
 
 
@@ -276,14 +277,18 @@ def ttt_manifest_of(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_ttt_analyze(args: argparse.Namespace) -> int:
+    from .analysis.provenance import run_provenance
     from .analysis.ttt import run_ttt_analysis
+    from .config import validate_config
     from .io import provenance
     from .plan import plan_from_config
-    from .config import validate_config
 
     verified(*plan_from_config(validate_config(args.config)).ttt_files())
-    run_ttt_analysis(ttt_manifest_of(args.config), provenance(config_hash=args.config_hash), Path(args.out),
-                     variant=args.config["analysis"]["primary_variant"])
+    analysis = args.config.get("analysis", {})
+    prov = run_provenance(provenance(), args.config_hash, args.store_keys, args.config_hash_scope)
+    run_ttt_analysis(ttt_manifest_of(args.config), prov,
+                     Path(args.out), variant=analysis.get("primary_variant", "mean_code"),
+                     n_boot=int(analysis.get("bootstrap", 1000)), seed=int(args.config.get("seed", 0)))
     return 0
 
 
@@ -318,7 +323,9 @@ def _add_ttt_parsers(sub: Any) -> None:
     p.add_argument("--out", required=True)
     p = _add(ttt, "analyze", cmd_ttt_analyze, "TTT tables: trajectory, selection, probe, compute, equal budget")
     p.add_argument("--config", type=_json_arg, required=True, help="the experiment config as JSON (its plan lists the inputs)")
-    p.add_argument("--config-hash", default="")
+    p.add_argument("--config-hash", default="", help="hash of the experiment config (written into every table)")
+    p.add_argument("--config-hash-scope", default="", help="which config keys the hash covers (written next to it)")
+    p.add_argument("--store-keys", type=_json_arg, default={}, help="store keys of the inputs as JSON (written into every table)")
     p.add_argument("--out", required=True)
     p = _add(ttt, "figures", cmd_ttt_figures, "TTT trajectory and probe figures from the TTT tables")
     p.add_argument("--tables", required=True)
@@ -429,7 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", nargs="+", required=True)
     p.add_argument("--evaluations", nargs="+", required=True)
     p.add_argument("--settings", type=_json_arg, required=True)
-    p.add_argument("--config-hash", default="")
+    p.add_argument("--config-hash", default="", help="hash of the experiment config (written into every table)")
+    p.add_argument("--config-hash-scope", default="", help="which config keys the hash covers (written next to it)")
+    p.add_argument("--store-keys", type=_json_arg, default={}, help="store keys of the inputs as JSON (written into every table)")
+    p.add_argument("--tasks", nargs="*", default=[], help="tasks.json files: validation findings per task (and analysis.exclude_flagged)")
     p.add_argument("--out", required=True)
 
     p = _add(sub, "figures", cmd_figures, "figures (PNG + PDF) from the analysis tables")
@@ -441,8 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", required=True)
     p.add_argument("--config", type=_json_arg, required=True, help="the experiment config as JSON")
     p.add_argument("--timings", nargs="*", help="sample/evaluation artifacts whose benchmark files give stage times")
+    p.add_argument("--ttt-timings", nargs="*", help="TTT artifacts (batches, probe, adapters, scores) whose benchmark files give the TTT stage times")
     p.add_argument("--ttt", action="store_true", help="add the TTT section (tables ttt_*.csv, figures ttt_*.png)")
     p.add_argument("--out", required=True)
+
+    p = _add(sub, "readme-section", cmd_readme_section,
+             "write the README's measured section (between its vegtts:measured markers) from a run's tables")
+    p.add_argument("experiment", help="the run's results folder, e.g. results/default (with tables/)")
+    p.add_argument("--readme", default="README.md", help="the README to update (default: README.md)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the section is not what the tables give")
 
     p = _add(sub, "compare", cmd_compare, "one HTML report comparing two or more experiments side by side")
     p.add_argument("experiments", nargs="+", help="experiment result folders (results/<exp>/ with tables/ and figures/)")

@@ -349,6 +349,10 @@ def _in_hub_cache(repo_id: str) -> bool:
 # two sampling seeds at every step of a seed give common random numbers across its steps.
 HELDOUT_SEED_OFFSET = 100_000
 TTT_BATCHES = ("train", "heldout")
+# The over-sharpening probe scores base samples no TTT update trained on, so it has its own sampling
+# seed: the update of TTT seed r trains on sampling seed r, whose step-0 batch is token-identical to
+# the first batch of the experiment's base samples of seed r.
+PROBE_SEED = 200_000
 
 
 @dataclass
@@ -456,7 +460,10 @@ def build_ttt_plan(plan: Plan) -> TTTPlan | None:
                 "identity": ident, "policy": policy, "settings": step_settings,
                 "adapter": f"{plan.store}/ttt/{ckey}/adapter",
             }
-    probe_seed = config["sampling"]["seeds"][0]
+    probe_seed = PROBE_SEED
+    if probe_seed in ttt["seeds"]:
+        raise ValueError(f"config key 'ttt.seeds': {probe_seed} is the over-sharpening probe's own sampling seed "
+                         "(its samples must be ones no TTT update trained on); pick another TTT seed")
     probe_key = short_hash({"samples": plan.base_sample_key, "seed": probe_seed, "tasks": tasks,
                             "task_keys": [plan.task_keys[t] for t in tasks],
                             "micro_batch": ttt["score_micro_batch"], "code": stage_code("score")})

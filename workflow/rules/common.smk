@@ -9,8 +9,8 @@ import json
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
+from vegtts.analysis.provenance import config_hash
 from vegtts.config import ConfigError, validate_config
-from vegtts.io import short_hash
 from vegtts.plan import config_identity, evaluation_runtime, plan_from_config, sampling_runtime, stage_code
 from vegtts.store import check_planned
 
@@ -27,6 +27,10 @@ except ValueError as err:
     raise WorkflowError(str(err)) from None
 
 RESULTS = PLAN.results
+# Written into every table's header: the TTT tables depend on the whole config, the base analysis
+# on every key but ttt (so that a TTT change does not rerun it).
+CONFIG_HASH = config_hash(config_identity(config))
+BASE_CONFIG_HASH = config_hash(config_identity(config), without=("ttt",))
 STORE = PLAN.store
 EXP = PLAN.exp_dir
 TASK_OF_KEY = {key: task for task, key in PLAN.task_keys.items()}
@@ -44,7 +48,7 @@ SAMPLING_RUNTIME = as_json(sampling_runtime(config["sampling"]))
 EVALUATION_RUNTIME = as_json(evaluation_runtime(config))
 CONFIG_JSON = as_json(config)
 # The identity of the whole config (params of the rules that read all of it: report, TTT analysis).
-CONFIG_KEY = short_hash(config_identity(config))
+CONFIG_KEY = CONFIG_HASH
 
 # Is the store whole? Corrupt artifacts and evaluations of since-regenerated samples are moved to
 # <store>/quarantine/ here, so this run regenerates them (rule all requires every store artifact).

@@ -5,6 +5,7 @@ rule report:
         samples=PLAN.base_sample_files(),
         evaluations=PLAN.base_eval_files(),
         ttt=ttt_report_inputs,
+        ttt_artifacts=PLAN.ttt_files(),
     output:
         report(PLAN.report_file, caption="../report/report.rst", category="Report"),
     params:
@@ -17,5 +18,6 @@ rule report:
         f"{EXP}/logs/report.log",
     shell:
         "vegtts --log {log} report --tables {params.tables} --figures {params.figures}"
-        " --config {CONFIG_JSON:q} --timings {input.samples} {input.evaluations} {params.ttt}"
+        " --config {CONFIG_JSON:q} --timings {input.samples} {input.evaluations}"
+        " --ttt-timings {input.ttt_artifacts} {params.ttt}"
         " --out {output}"

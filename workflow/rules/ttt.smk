@@ -96,13 +96,15 @@ rule ttt_analyze:
     output:
         [f"{EXP}/tables/{name}" for name in TTT_TABLES],
     params:
-        config_key=CONFIG_KEY,
+        config_hash=CONFIG_HASH,
+        store_keys=lambda w: store_keys(ttt=True),
         out=f"{EXP}/tables",
         code=stage_code("analysis"),
     log:
         f"{EXP}/logs/ttt_analyze.log",
     shell:
-        "vegtts --log {log} ttt analyze --config {CONFIG_JSON:q} --out {params.out}"
+        "vegtts --log {log} ttt analyze --config {CONFIG_JSON:q} --config-hash {params.config_hash} --config-hash-scope all"
+        " --store-keys {params.store_keys:q} --out {params.out}"
 
 
 rule ttt_figures:
