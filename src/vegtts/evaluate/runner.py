@@ -57,8 +57,9 @@ TIMING_NICE = -20  # both timing children and the parent's clock thread, while a
 _CHECK_SECRET = secrets.token_hex(16)
 
 
-class ReferenceError_(RuntimeError):
-    """The task's reference itself fails: no candidate can be judged."""
+class ReferenceError_(RuntimeError, ValueError):
+    """The task's reference itself fails: no candidate can be judged (a ValueError: the CLI reports
+    it as one clear line about the task, not a traceback)."""
 
 
 def derive_seed(root: int, *labels: Any) -> int:
@@ -196,7 +197,9 @@ class ReferenceContext:
                 try:
                     output = model(*working)
                 except Exception as exc:
-                    raise ReferenceError_(f"task {spec.task_id}: the reference forward fails: {exc}") from exc
+                    raise ReferenceError_(f"task {spec.task_id}: the reference forward fails as the evaluator runs it (the model as "
+                                         f"constructed, i.e. train mode): {type(exc).__name__}: {exc}; screen the task with "
+                                         "`vegtts tasks validate` and change its shapes or drop it") from exc
                 mutates = mutates or not same_values(working, inputs)
                 flags = aliasing(working, output, previous)
                 previous.extend(t_.untyped_storage().data_ptr() for t_ in _flat_tensors(output))

@@ -133,9 +133,13 @@ def reduce_problem(spec: TaskSpec, settings: ReduceSettings | None = None) -> Re
         if not options:
             break
         i = min(options, key=lambda j: _log_distance(scale * estimates[j], settings.target_ms))
+        if measured and _log_distance(scale * estimates[i], settings.target_ms) >= min(
+            _log_distance(t, settings.target_ms) for t in measured.values()
+        ):
+            break  # no unmeasured step is predicted closer than one already measured (e.g. bracketed)
         reduced = assign_constants(source, ladder[i][0], "reduce", "tasks reduce")
         m = run_isolated(_measure, (reduced, settings.threads), memory_mb=settings.memory_budget_mb, timeout_s=settings.timeout_s)
-        result.peak_rss_mb = max(result.peak_rss_mb, m.peak_rss_mb) if math.isfinite(m.peak_rss_mb) else result.peak_rss_mb
+        result.peak_rss_mb = max((p for p in (result.peak_rss_mb, m.peak_rss_mb) if math.isfinite(p)), default=math.nan)
         if m.status == "ok":
             measured[i] = float(m.result)
             result.measurements.append(f"step {i}: {m.result:.3g} ms")
