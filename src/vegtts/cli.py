@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
              "fit KernelBench problems' shapes to a reference time on this CPU and write a table for tasks.shapes "
              "(exit 1 if some problem stays outside [1, 200] ms)")
     _add_suite_options(p)
-    p.add_argument("--target-ms", type=float, default=10.0, help="reference time per call to aim for (default 10)")
+    p.add_argument("--target-ms", type=float, default=15.0, help="reference time per call to aim for (default 15)")
     p.add_argument("--memory-budget-gb", type=float, default=4.0, help="memory one measurement may add (default 4)")
     p.add_argument("--threads", type=int, default=1, help="torch threads while measuring (default 1)")
     p.add_argument("--out", required=True, help="the shape table (YAML) to write or update")

@@ -155,6 +155,8 @@ def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], memory_mb: 
         message = (status, f"{type(exc).__name__}: {str(exc)[:500]}\n" + "".join(tb[-3:])[-1500:], peak_rss_mb())
     try:
         conn.send(message)
+    except (BrokenPipeError, EOFError):
+        pass  # the parent gave up waiting (its time limit) and killed or left this child
     except Exception:  # noqa: BLE001 - an unpicklable result
         conn.send(("error", "result could not be sent back (not picklable)", peak_rss_mb()))
     conn.close()

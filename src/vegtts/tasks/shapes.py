@@ -35,7 +35,7 @@ from vegtts.io import sha256_text
 log = logging.getLogger(__name__)
 
 MIN_BATCH = 2  # train-mode batch norm needs more than one value per channel
-MIN_SIZE = 16  # a reduced size dimension keeps at least this much work (or its original value)
+MIN_SIZE = 8  # a reduced size dimension keeps at least this much work (or its original value)
 SIZE_NAME = re.compile(r"channels|features|hidden|classes|input_size|output_size|embed|heads", re.IGNORECASE)
 NOT_SIZE_NAME = re.compile(r"kernel|stride|pad|dilation|group|pool|dim$|^dim|eps|momentum", re.IGNORECASE)
 # torch factories whose positional arguments (or one tuple argument, or size=) are a shape

@@ -43,19 +43,25 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def screen_markdown(results: list[ScreenResult], names: dict[str, str], facts: dict[str, Any], title: str) -> str:
-    counts = Counter(check_of(f) for r in results for f in r.findings)
-    clean = sum(1 for r in results if not r.findings)
-    unscreened = sum(1 for r in results if r.unscreened)
-    lines = [
+def _run_lines(title: str, facts: dict[str, Any], count: int) -> list[str]:
+    """The header every table starts with: what ran, how long, how much memory, on what."""
+    return [
         f"# {title}",
         "",
         f"- date: {facts['date']}",
         f"- command: `{facts['command']}`",
-        f"- wall time: {facts['wall_s']} s for {len(results)} problems (one at a time, each in a forked child)",
-        f"- peak memory: parent {facts['parent_peak_rss_mb']} MiB; largest screening child "
-        f"{facts['largest_child_peak_rss_mb']} MiB (one child at a time)",
+        f"- wall time: {facts['wall_s']} s for {count} problems (one at a time, each step in a forked child)",
+        f"- peak memory: parent {facts['parent_peak_rss_mb']} MiB; largest child {facts['largest_child_peak_rss_mb']} MiB "
+        "(one child at a time, next to the fork server)",
         f"- machine: {facts['machine']}; load average at the end {facts['load_average_at_end']} (shared machine: times are noisy)",
+    ]
+
+
+def screen_markdown(results: list[ScreenResult], names: dict[str, str], facts: dict[str, Any], title: str) -> str:
+    counts = Counter(check_of(f) for r in results for f in r.findings)
+    clean = sum(1 for r in results if not r.findings)
+    unscreened = sum(1 for r in results if r.unscreened)
+    lines = _run_lines(title, facts, len(results)) + [
         f"- result: {clean} of {len(results)} problems without findings; {len(results) - clean - unscreened} with findings; "
         f"{unscreened} could not be screened ({', '.join(UNSCREENED)})",
         "- findings by check: " + (", ".join(f"{k} {v}" for k, v in counts.most_common()) or "none"),
@@ -96,14 +102,7 @@ def write_screen_table(path: Path, results: list[ScreenResult], names: dict[str,
 def reduce_markdown(reductions: Iterable[Reduction], names: dict[str, str], facts: dict[str, Any], target_ms: float, table: str) -> str:
     reductions = list(reductions)
     in_range = sum(1 for r in reductions if r.in_range)
-    lines = [
-        f"# KernelBench shape reduction to about {target_ms:g} ms per reference call",
-        "",
-        f"- date: {facts['date']}",
-        f"- command: `{facts['command']}`",
-        f"- wall time: {facts['wall_s']} s for {len(reductions)} problems",
-        f"- peak memory: parent {facts['parent_peak_rss_mb']} MiB; largest child {facts['largest_child_peak_rss_mb']} MiB",
-        f"- machine: {facts['machine']}; load average at the end {facts['load_average_at_end']} (shared machine: times are noisy)",
+    lines = _run_lines(f"KernelBench shape reduction to about {target_ms:g} ms per reference call", facts, len(reductions)) + [
         f"- result: {in_range} of {len(reductions)} problems reduced to a reference time within [1, 200] ms; the others are "
         "listed with the reason",
         f"- table written: `{table}` (use it with `tasks.shapes`)",

@@ -22,7 +22,8 @@ Checks (in order; after a load/inputs/forward failure only that is reported):
   nondeterministic  two forwards on the same model and inputs differ (e.g. train-mode dropout),
                     or rebuilding model and inputs from the same seeds differs
   constant_output   a constant program passes: the output of another seed, or the mean of the
-                    trial outputs, is within tolerance of every trial's output
+                    trial outputs, is within tolerance of every trial's output (trials: TRIAL_SEEDS
+                    plus, where the evaluator has one, its trial on varied, signed inputs)
   tiny_output       an all-zeros output passes every trial
   identity_output   the output equals one of the inputs within tolerance on every trial
                     (`return x` passes; e.g. ReLU on inputs in [0, 1))
@@ -53,6 +54,7 @@ TIMING_ROUNDS = 5
 CALLS_PER_ROUND = 3  # the evaluator's default calls_per_round: each call gets its own fresh inputs
 TRIAL_SEEDS = (1, 2, 3)  # stand-ins for the evaluator's correctness trials
 PROGRAM_SEED = 0  # the seed a constant program could have precomputed its answer from
+VARIED_SEED = 7  # the evaluator's varied-input trial (where it has one)
 PERTURB_SEED = 12345
 INIT_SEED = 0
 TIMING_SEED = 1000
@@ -260,7 +262,12 @@ def _check(spec: TaskSpec, settings: ScreenSettings, result: ScreenResult) -> li
         del rebuilt, rebuilt_inputs, again
 
         trials = [outputs[s] for s in TRIAL_SEEDS]
-        findings += _degenerate_output(spec, first, trials, [pristine[s] for s in TRIAL_SEEDS])
+        trial_inputs = [pristine[s] for s in TRIAL_SEEDS]
+        varied = _stage("forward", _varied_trial, spec, module, model)
+        if varied is not None:  # the evaluator's extra trial: a degenerate program must pass it too
+            trial_inputs.append(varied[0])
+            trials.append(varied[1])
+        findings += _degenerate_output(spec, first, trials, trial_inputs)
         findings += _ignored_inputs(spec, model, pristine[PROGRAM_SEED], first)
     pristine.clear()
     outputs.clear()
@@ -274,12 +281,29 @@ def _check(spec: TaskSpec, settings: ScreenSettings, result: ScreenResult) -> li
     return findings
 
 
+def _varied_trial(spec: TaskSpec, module: Any, model: Any) -> tuple[list[Any], Any] | None:
+    """(inputs, reference output) of the evaluator's extra correctness trial on varied (signed,
+    wider) inputs, where the evaluator makes one (`tasks.runtime.varied_trial_inputs`, a task's
+    `varied_inputs`); None otherwise."""
+    from vegtts.tasks import runtime
+
+    make = getattr(runtime, "varied_trial_inputs", None)
+    if make is None or not getattr(spec, "varied_inputs", False):
+        return None
+    got = make(module, model, VARIED_SEED, fresh_inputs)
+    if got is None:
+        return None
+    inputs = got[0]
+    return _clone(inputs), model(*_clone(inputs))
+
+
 def _degenerate_output(spec: TaskSpec, program_output: Any, trials: list[Any], trial_inputs: list[list[Any]]) -> list[str]:
-    """constant_output, tiny_output and identity_output, by the evaluator's own comparison."""
+    """constant_output, tiny_output and identity_output, by the evaluator's own comparison: a
+    degenerate program is flagged only if it passes every trial (the varied one included)."""
     import torch
 
     findings = []
-    seeds = list(TRIAL_SEEDS)
+    seeds = list(TRIAL_SEEDS) + (["varied"] if len(trials) > len(TRIAL_SEEDS) else [])
     if all(passes(spec, out, program_output) for out in trials):
         findings.append(f"constant_output: the output for seed {PROGRAM_SEED} passes as the answer for seeds {seeds}")
     else:
