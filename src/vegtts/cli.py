@@ -135,10 +135,13 @@ def cmd_tasks_reduce(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     reductions = reduce_suite(specs, settings)
     seconds = time.monotonic() - t0
-    try:
-        commit = subprocess.run(["git", "-C", str(cfg["path"]), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = "not a git checkout"
+    if (Path(cfg["path"]) / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(cfg["path"]), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
     write_table(reductions, Path(args.out), settings, {"kernelbench_commit": commit}, merge=not args.no_merge)
     in_range = sum(r.in_range for r in reductions)
     print(f"{in_range} of {len(reductions)} problems reduced to [1, 200] ms; table: {args.out} ({seconds:.0f} s)")
