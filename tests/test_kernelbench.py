@@ -439,7 +439,8 @@ def test_degenerate_programs_must_also_pass_the_evaluators_varied_trial(monkeypa
 
     monkeypatch.setattr(runtime, "varied_trial_inputs", varied_trial_inputs, raising=False)
     with_varied = SimpleNamespace(**{**spec.to_dict(), "varied_inputs": True})
-    assert "identity_output" not in checks(validate_task(with_varied))
+    found = checks(validate_task(with_varied))
+    assert "identity_output" not in found and "screen_error" not in found, found
     assert "identity_output" in checks(validate_task(SimpleNamespace(**{**spec.to_dict(), "varied_inputs": False})))
 
 

@@ -151,12 +151,17 @@ def _identical(a: Any, b: Any) -> bool:
     )
 
 
-def passes(spec: TaskSpec, reference: Any, output: Any) -> bool:
-    """Would `output` pass the evaluator's correctness check against `reference` for this task?"""
+def passes(spec: TaskSpec, reference: Any, output: Any, varied: bool = False) -> bool:
+    """Would `output` pass the evaluator's correctness check against `reference` for this task?
+    (`varied`: the evaluator's varied trial, whose absolute tolerance scales with its output.)"""
+    import inspect
+
     from vegtts.evaluate.compare import compare_outputs
 
-    kwargs = {"atol_scaled": True} if getattr(spec, "atol_scaled", False) else {}
-    return compare_outputs(reference, output, spec.atol, spec.rtol, **kwargs).ok
+    scaled = varied or getattr(spec, "atol_scaled", False)
+    if scaled and "atol_scaled" in inspect.signature(compare_outputs).parameters:
+        return compare_outputs(reference, output, spec.atol, spec.rtol, atol_scaled=True).ok
+    return compare_outputs(reference, output, spec.atol, spec.rtol).ok
 
 
 def _like(output: Any, make: Any) -> Any:
@@ -304,14 +309,15 @@ def _degenerate_output(spec: TaskSpec, program_output: Any, trials: list[Any], t
 
     findings = []
     seeds = list(TRIAL_SEEDS) + (["varied"] if len(trials) > len(TRIAL_SEEDS) else [])
-    if all(passes(spec, out, program_output) for out in trials):
+    varied = [i >= len(TRIAL_SEEDS) for i in range(len(trials))]
+    if all(passes(spec, out, program_output, v) for out, v in zip(trials, varied)):
         findings.append(f"constant_output: the output for seed {PROGRAM_SEED} passes as the answer for seeds {seeds}")
     else:
         mean = _mean_output(trials)
-        if all(passes(spec, out, mean) for out in trials):
+        if all(passes(spec, out, mean, v) for out, v in zip(trials, varied)):
             findings.append(f"constant_output: one constant (the mean output) passes for seeds {seeds}")
     zeros = [_like(out, torch.zeros_like) for out in trials]
-    if all(passes(spec, out, z) for out, z in zip(trials, zeros)):
+    if all(passes(spec, out, z, v) for out, z, v in zip(trials, zeros, varied)):
         largest = max(float(t.abs().max()) for o in trials for t in _flat_tensors(o) if t.numel() and t.is_floating_point()) if any(
             t.is_floating_point() for o in trials for t in _flat_tensors(o)) else 0.0
         findings.append(f"tiny_output: an all-zeros output passes (max |out| = {largest:.3g}, atol {spec.atol:g})")
@@ -319,7 +325,7 @@ def _degenerate_output(spec: TaskSpec, program_output: Any, trials: list[Any], t
     if all(len(o) == 1 for o in outs):
         for i in range(len(trial_inputs[0])):
             candidates = [ins[i] if i < len(ins) else None for ins in trial_inputs]
-            if all(isinstance(c, torch.Tensor) and passes(spec, o[0], c) for o, c in zip(outs, candidates)):
+            if all(isinstance(c, torch.Tensor) and passes(spec, o[0], c, v) for o, c, v in zip(outs, candidates, varied)):
                 name = spec.forward_args[i] if i < len(spec.forward_args) else f"#{i}"
                 findings.append(f"identity_output: the output equals input {name!r} within tolerance: `return {name}` passes")
                 break
