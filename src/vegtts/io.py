@@ -134,7 +134,7 @@ def code_fingerprint(*relative_paths: str) -> str:
 
 
 def hardware_fingerprint() -> dict[str, Any]:
-    """What the timings depend on: CPU model, core count, torch threads, OS."""
+    """What the timings depend on: CPU model, core count, OS, and the visible GPUs (if any)."""
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -143,12 +143,43 @@ def hardware_fingerprint() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {
+    out: dict[str, Any] = {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),
         "machine": platform.machine(),
         "system": f"{platform.system()} {platform.release()}",
     }
+    gpus = gpu_names()
+    if gpus:
+        out["gpus"] = gpus
+    return out
+
+
+_GPU_NAMES: list[str] | None = None
+
+
+def gpu_names() -> list[str]:
+    """Names and driver of the visible NVIDIA GPUs ("NVIDIA H200 (driver 580.159.04)"), from nvidia-smi
+    (no CUDA initialisation); [] where there is none.  Read once per process."""
+    global _GPU_NAMES
+    if _GPU_NAMES is None:
+        import shutil
+        import subprocess
+
+        names: list[str] = []
+        if shutil.which("nvidia-smi"):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                     capture_output=True, text=True, timeout=30, check=True).stdout
+                names = [f"{n.strip()} (driver {d.strip()})" for n, _, d in (l.rpartition(",") for l in out.splitlines() if "," in l)]
+            except (OSError, subprocess.SubprocessError):
+                names = []
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None and names:
+            idx = [int(v) for v in visible.split(",") if v.strip().isdigit()]
+            names = [names[i] for i in idx if i < len(names)]
+        _GPU_NAMES = names
+    return list(_GPU_NAMES)
 
 
 def hardware_key() -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import atexit
 import contextlib
 import threading
@@ -643,7 +642,9 @@ def _pre_check(spec: TaskSpec, program: str, settings: EvalSettings) -> Verdict 
     if not program.strip():
         return Verdict("no_code", "no program")
     try:
-        ast.parse(program)
+        # compile, not only parse: some errors (a repeated keyword argument, `return` outside a
+        # function, ...) are raised by the compiler after a clean parse; nothing is executed
+        compile(program, "<candidate>", "exec", dont_inherit=True)
     except SyntaxError as exc:
         return Verdict("syntax_error", f"SyntaxError: {exc.msg} (line {exc.lineno})")
     except (ValueError, RecursionError, MemoryError) as exc:
