@@ -482,7 +482,8 @@ def test_paper_split_runs_end_to_end_on_the_mini_checkout(tmp_path):
 @pytest.mark.skipif(not KB_CHECKOUT.is_dir(), reason="needs a KernelBench checkout at third_party/KernelBench (HEAD 423217d); "
                     "CI has none: test_paper_split_runs_end_to_end_on_the_mini_checkout covers the machinery")
 def test_paper_20_problem_experiment_runs_to_a_report(tmp_path):
-    """.test/config/paper_l1_eval.yaml as committed (about 25 min on the 2-core test machine)."""
+    """.test/config/paper_l1_eval.yaml as committed (63 min on the shared 2-core machine at load 12-25,
+    benchmarks/results/kernelbench_paper_e2e.md)."""
     from test_workflow import SHARED_RESOURCES, make_workdir, snakemake
 
     workdir = make_workdir(tmp_path)
