@@ -462,7 +462,7 @@ def test_paper_split_runs_end_to_end_on_the_mini_checkout(tmp_path):
         "experiment": "kb_mini",
         "tasks": {"suite": "kernelbench", "path": str(MINI), "level": 1, "ids": "paper_subset1",
                   "shapes": str(MINI / "shapes.yaml")},
-        "sampling": {"k": 2, "max_new_tokens": 40, "batch_size": 2},
+        "sampling": {"k": 2, "max_new_tokens": 24, "batch_size": 2},
         "evaluation": {"correctness_trials": 2, "timing_rounds": 5, "calls_per_round": 2, "bootstrap": 200},
         "analysis": {"bootstrap": 100},
         "ttt": {"enabled": False},
