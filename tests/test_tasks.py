@@ -287,7 +287,7 @@ def test_healthy_control_problem_has_no_findings():
         (problem("return F.dropout(x, 0.5, training=True)"), "nondeterministic"),
         (problem("return self.drop(x)", init="self.drop = nn.Dropout(0.5); self.train(True); self.eval = lambda: self"),
          "nondeterministic"),
-        (problem("return x * 2", inputs="[torch.full((1024, 1024), random.random())]"), "nondeterministic"),
+        (problem("return x * 2", inputs="[torch.full((1024, 1024), random.SystemRandom().random())]"), "nondeterministic"),
         (problem("return x.mul_(2)"), "mutates_input"),
         (problem("return torch.log(x)"), "nonfinite_output"),
         (problem("return x + 1", inputs="[torch.randn(8)]"), "timing"),

@@ -36,12 +36,37 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- tasks ------------------------------------------------------------------------------------
+# --- tasks ---------------------------------------------------------------------------------
+_SUITE_DEFAULTS = {"suite": "builtin", "ids": "all", "level": 1}
+
+
 def _suite_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The `tasks` block: from --config (defaults filled by the schema), then any flag given."""
     if getattr(args, "suite_json", None):
         return args.suite_json
-    ids: Any = args.ids.split(",") if args.ids not in ("all", "default") else args.ids
-    return {"suite": args.suite, "ids": ids, "path": args.path, "level": args.level}
+    cfg: dict[str, Any] = dict(_SUITE_DEFAULTS)
+    if getattr(args, "config", None):
+        from .config import load_config
+
+        cfg = dict(load_config(args.config)["tasks"])
+    for key in ("suite", "path", "level", "shapes"):
+        if getattr(args, key, None) is not None:
+            cfg[key] = getattr(args, key)
+    if args.ids is not None:
+        from .tasks.splits import SPLIT_NAMES
+
+        cfg["ids"] = args.ids if args.ids in ("all", "default", *SPLIT_NAMES) else args.ids.split(",")
+    if getattr(args, "shape_scale", None) is not None:
+        cfg["shape_scale"] = args.shape_scale
+    if getattr(args, "shape_overrides", None) is not None:
+        cfg["shape_overrides"] = args.shape_overrides
+    return cfg
+
+
+def _command_line() -> str:
+    import shlex
+
+    return "vegtts " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def cmd_tasks_list(args: argparse.Namespace) -> int:
@@ -68,15 +93,74 @@ def cmd_tasks_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tasks_validate(args: argparse.Namespace) -> int:
-    from .tasks import load_tasks, validate_suite
+EXIT_FINDINGS, EXIT_UNSCREENED = 1, 3
 
-    problems = validate_suite(load_tasks(_suite_from_args(args)))
-    bad = {task: found for task, found in problems.items() if found}
-    for task, found in problems.items():
-        print(f"{task}: {'OK' if not found else '; '.join(found)}")
-    print(f"{len(problems) - len(bad)} of {len(problems)} problems pass validation")
-    return 1 if bad else 0
+
+def cmd_tasks_validate(args: argparse.Namespace) -> int:
+    import math
+    import time
+
+    from .tasks import load_tasks
+    from .tasks.tables import run_facts, write_screen_table
+    from .tasks.validate import ScreenSettings, screen_suite
+
+    cfg = _suite_from_args(args)
+    specs = load_tasks(cfg)
+    settings = ScreenSettings(
+        threads=args.threads, memory_budget_mb=int(args.memory_budget_gb * 1024), timeout_s=args.timeout_s, isolate=not args.in_process
+    )
+    t0 = time.monotonic()
+    results = screen_suite(specs, settings)
+    seconds = time.monotonic() - t0
+    for r in results:
+        print(f"{r.task_id}: {'OK' if not r.findings else '; '.join(r.findings)}")
+    bad = [r for r in results if r.findings]
+    unscreened = [r for r in results if r.unscreened]
+    print(f"{len(results) - len(bad)} of {len(results)} problems pass validation; {len(unscreened)} could not be screened "
+          f"({seconds:.0f} s)")
+    if args.out:
+        peaks = [r.peak_rss_mb for r in results if math.isfinite(r.peak_rss_mb)]
+        facts = run_facts(_command_line(), seconds, max(peaks) if peaks else math.nan)
+        title = f"Screen of {cfg.get('suite')} {('level ' + str(cfg.get('level'))) if cfg.get('suite') == 'kernelbench' else ''} (shapes: {cfg.get('shapes', 'full')})"
+        write_screen_table(Path(args.out), results, {s.task_id: s.name for s in specs}, facts, title)
+    if unscreened:
+        return EXIT_UNSCREENED
+    return EXIT_FINDINGS if bad else 0
+
+
+def cmd_tasks_reduce(args: argparse.Namespace) -> int:
+    import math
+    import subprocess
+    import time
+
+    from .io import write_text
+    from .tasks import load_tasks
+    from .tasks.reduce import ReduceSettings, reduce_suite, write_table
+    from .tasks.tables import reduce_markdown, run_facts
+
+    cfg = {**_suite_from_args(args), "shapes": "full", "shape_scale": 1.0, "shape_overrides": {}}
+    if cfg.get("suite") != "kernelbench":
+        raise ValueError("vegtts tasks reduce makes tables of KernelBench problems: give --suite kernelbench --path CHECKOUT")
+    specs = load_tasks(cfg)
+    settings = ReduceSettings(target_ms=args.target_ms, threads=args.threads, memory_budget_mb=int(args.memory_budget_gb * 1024))
+    t0 = time.monotonic()
+    reductions = reduce_suite(specs, settings)
+    seconds = time.monotonic() - t0
+    commit = "not a git checkout"
+    if (Path(cfg["path"]) / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(cfg["path"]), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
+    write_table(reductions, Path(args.out), settings, {"kernelbench_commit": commit}, merge=not args.no_merge)
+    in_range = sum(r.in_range for r in reductions)
+    print(f"{in_range} of {len(reductions)} problems reduced to [1, 200] ms; table: {args.out} ({seconds:.0f} s)")
+    if args.report:
+        peaks = [r.peak_rss_mb for r in reductions if math.isfinite(r.peak_rss_mb)]
+        facts = run_facts(_command_line(), seconds, max(peaks) if peaks else math.nan)
+        write_text(args.report, reduce_markdown(reductions, {s.task_id: s.name for s in specs}, facts, settings.target_ms, args.out))
+    return 0 if in_range == len(reductions) else EXIT_FINDINGS
 
 
 # --- model ------------------------------------------------------------------------------------
@@ -373,11 +457,18 @@ def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_te
     return parser
 
 
-def _add_suite_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--suite", default="builtin", choices=["builtin", "dir", "kernelbench", "builtin_gpu"])
-    parser.add_argument("--ids", default="all", help="comma-separated ids, 'all' or 'default'")
+def _add_suite_options(parser: argparse.ArgumentParser, shapes: bool = False) -> None:
+    parser.add_argument("--config", default=None, help="take the `tasks` block of this config file (flags given override it)")
+    parser.add_argument("--suite", default=None, choices=["builtin", "dir", "kernelbench", "builtin_gpu"], help="default builtin")
+    parser.add_argument("--ids", default=None, help="comma-separated ids, 'all', 'default' or a KernelBench split name "
+                        "(paper_seed42_eval, paper_subset1, ...); default all")
     parser.add_argument("--path", default=None, help="problem folder (dir) or KernelBench checkout")
-    parser.add_argument("--level", type=int, default=1, help="KernelBench level")
+    parser.add_argument("--level", type=int, default=None, help="KernelBench level (default 1)")
+    if shapes:
+        parser.add_argument("--shapes", default=None, help="tasks.shapes: full, reduced (the packaged CPU table) or a table file")
+        parser.add_argument("--shape-scale", type=float, default=None, help="tasks.shape_scale: multiplies the batch dimensions")
+        parser.add_argument("--shape-overrides", type=_json_arg, default=None,
+                            help='tasks.shape_overrides as JSON, e.g. \'{"19": {"batch_size": 64}}\'')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -395,9 +486,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     tasks = sub.add_parser("tasks", help="task suites").add_subparsers(dest="action", required=True)
     p = _add(tasks, "list", cmd_tasks_list, "list the task ids of a suite")
+    _add_suite_options(p, shapes=True)
+    p = _add(tasks, "validate", cmd_tasks_validate,
+             "screen problems (degenerate outputs, determinism, memory, timing) as the evaluator runs them; exit 0 = all "
+             "pass, 1 = findings, 3 = some problems could not be screened (memory, timeout, crash), 2 = bad arguments")
+    _add_suite_options(p, shapes=True)
+    p.add_argument("--memory-budget-gb", type=float, default=4.0, help="memory one problem's screen may add (default 4)")
+    p.add_argument("--timeout-s", type=float, default=600.0, help="wall-clock limit per problem (default 600)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads, as the evaluator's `threads` (default 1)")
+    p.add_argument("--in-process", action="store_true", help="no child process per problem (no memory or time limit)")
+    p.add_argument("--out", default=None, help="also write a table: .md, .csv or .json by suffix")
+    p = _add(tasks, "reduce", cmd_tasks_reduce,
+             "fit KernelBench problems' shapes to a reference time on this CPU and write a table for tasks.shapes "
+             "(exit 1 if some problem stays outside [1, 200] ms)")
     _add_suite_options(p)
-    p = _add(tasks, "validate", cmd_tasks_validate, "screen problems for degenerate outputs (exit 1 if any fails)")
-    _add_suite_options(p)
+    p.add_argument("--target-ms", type=float, default=15.0, help="reference time per call to aim for (default 15)")
+    p.add_argument("--memory-budget-gb", type=float, default=4.0, help="memory one measurement may add (default 4)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while measuring (default 1)")
+    p.add_argument("--out", required=True, help="the shape table (YAML) to write or update")
+    p.add_argument("--no-merge", action="store_true", help="replace --out instead of updating its entries")
+    p.add_argument("--report", default=None, help="also write a markdown report of the reduction")
     p = _add(tasks, "resolve", cmd_tasks_resolve, "resolve a suite (or one task of it) into a tasks.json of task specs")
     p.add_argument("--suite", dest="suite_json", type=_json_arg, required=True, help="suite settings as JSON")
     p.add_argument("--task", default="", help="resolve only this task id")

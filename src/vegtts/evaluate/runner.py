@@ -56,8 +56,9 @@ TIMING_NICE = -20  # both timing children and the parent's clock thread, while a
 _CHECK_SECRET = secrets.token_hex(16)
 
 
-class ReferenceError_(RuntimeError):
-    """The task's reference itself fails: no candidate can be judged."""
+class ReferenceError_(RuntimeError, ValueError):
+    """The task's reference itself fails: no candidate can be judged (a ValueError: the CLI reports
+    it as one clear line about the task, not a traceback)."""
 
 
 def derive_seed(root: int, *labels: Any) -> int:

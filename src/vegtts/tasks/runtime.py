@@ -132,3 +132,34 @@ def solution_program(spec: TaskSpec, solution_source: str) -> str:
     parameter names, so the reference state_dict loads into it).
     """
     return spec.source.rstrip("\n") + "\n\n\n# ---- solution ----\n" + solution_source
+
+
+# ----------------------------------------------------------------------------- as the evaluator runs it
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global RNGs (get_inputs may draw from any of them), as the
+    evaluator seeds them before every get_inputs / get_init_inputs call."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    seed_torch(seed)
+
+
+def fresh_inputs(module: types.ModuleType, seed: int) -> list[Any]:
+    """`get_inputs()` with every global RNG seeded by `seed` (the evaluator's inputs of one call)."""
+    seed_everything(seed)
+    return list(module.get_inputs())
+
+
+def build_reference(module: types.ModuleType, init_seed: int) -> tuple[Any, list[Any]]:
+    """(model, init_inputs) exactly as the evaluator builds the reference: seeded init inputs,
+    reseeded, then `Model(*init_inputs)` left as constructed, i.e. in train mode (KernelBench runs
+    it that way too: batch norm uses batch statistics, dropout is active)."""
+    seed_everything(init_seed)
+    init_inputs = list(module.get_init_inputs())
+    seed_everything(init_seed)
+    return module.Model(*init_inputs), init_inputs

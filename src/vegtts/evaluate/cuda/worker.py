@@ -44,6 +44,7 @@ import torch
 
 from vegtts.evaluate.cuda import slots as slot_layout
 from vegtts.evaluate.protocol import recv_message, send_json, send_message
+from vegtts.evaluate.weights import load_reference_state
 
 _ERROR_CHARS = 4000
 _POISON_BYTES = 1 << 30  # caching-allocator memory pre-filled with NaN before candidate code runs
@@ -253,7 +254,7 @@ class Worker:
             model = cls(*init_inputs)
             state = msg.get("state_dict")
             if state is not None and isinstance(model, torch.nn.Module):
-                model.load_state_dict(state, strict=True)
+                load_reference_state(model, state, GuardViolation)  # names mapped where they differ
             if isinstance(model, torch.nn.Module):
                 model = model.to(self.device)
             self.model = model
