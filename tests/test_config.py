@@ -113,7 +113,7 @@ def test_non_identity_settings_change_no_key_and_no_identity():
         ({"results_dir": "  "}, ["'results_dir'", "is not allowed"]),
         ({"resources_dir": "/"}, ["'resources_dir'", "is not allowed"]),
         ({"analysis": {"k_values": [1, 1000]}, "sampling": {"k": 4}}, ["'analysis.k_values'", "[1000]", "sampling.k = 4"]),
-        ({"tasks": {"ids": []}}, ["'tasks.ids'", "an empty list is not allowed", '"all", or "default"']),
+        ({"tasks": {"ids": []}}, ["'tasks.ids'", "an empty list is not allowed", '"all", "default"']),
     ],
 )
 def test_config_findings_of_issue_14(bad, expected):

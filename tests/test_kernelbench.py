@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -261,8 +262,12 @@ def test_packaged_table_matches_the_checkout_and_keeps_every_level1_problem_smal
 
 
 def test_screen_flags_identity_constant_and_zeros_by_the_evaluators_rule():
-    relu = validate_task(mini_spec(19))
-    assert "identity_output" in checks(relu), relu
+    # The mini ReLU's inputs are non-negative, so `return x` passes its seeded trials; the
+    # evaluator's varied trial (signed inputs) catches it, and the screen judges by the same rule.
+    relu = mini_spec(19)
+    assert "identity_output" not in checks(validate_task(relu))
+    without_varied = dataclasses.replace(relu, varied_inputs=False)
+    assert "identity_output" in checks(validate_task(without_varied))
     src = textwrap.dedent(
         """
         import torch
@@ -360,14 +365,31 @@ def vegtts(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vegtts.cli", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
+CONSTANT_PROBLEM = """
+import torch
+import torch.nn as nn
+class Model(nn.Module):
+    def forward(self, x):
+        return x.mean() * 0 + 0.5
+def get_inputs():
+    return [torch.randn(512, 512)]
+def get_init_inputs():
+    return []
+"""
+
+
 def test_validate_cli_separates_findings_from_could_not_run(tmp_path):
     base = ["tasks", "validate", "--suite", "kernelbench", "--path", str(MINI), "--timeout-s", "120"]
     clean = vegtts(*base, "--ids", "14")
     assert clean.returncode == 0, clean.stdout + clean.stderr
-    flagged = vegtts(*base, "--ids", "19,14", "--out", str(tmp_path / "t.md"))
-    assert flagged.returncode == 1 and "kb1_19: identity_output" in flagged.stdout
+    problems = tmp_path / "problems"
+    problems.mkdir()
+    (problems / "half.py").write_text(CONSTANT_PROBLEM)
+    flagged = vegtts("tasks", "validate", "--suite", "dir", "--path", str(problems), "--timeout-s", "120",
+                     "--out", str(tmp_path / "t.md"))
+    assert flagged.returncode == 1 and "half: constant_output" in flagged.stdout, flagged.stdout + flagged.stderr
     table = (tmp_path / "t.md").read_text()
-    assert "| kb1_19 |" in table and "wall time" in table and "peak memory" in table
+    assert "| half |" in table and "wall time" in table and "peak memory" in table
     over = vegtts(*base, "--ids", "19,14", "--memory-budget-gb", "0.001", "--out", str(tmp_path / "t.json"))
     assert over.returncode == 3 and "could not be screened" in over.stdout
     assert {r["task_id"] for r in json.loads((tmp_path / "t.json").read_text())["results"]} == {"kb1_19", "kb1_14"}
@@ -409,13 +431,15 @@ def test_evaluate_reports_a_reference_failing_in_train_mode_as_a_task_error(tmp_
 
     from vegtts.cli import main
     from vegtts.evaluate.runner import ReferenceError_
+    from vegtts.io import write_parquet
     from vegtts.tasks import resolve_tasks_to_json
 
     cfg = {**MINI_CFG, "ids": [33], "shape_overrides": {33: {"batch_size": 1, "features": 8}}}
     (spec,) = resolve_tasks_to_json(cfg, tmp_path / "tasks.json", validate=False)
     program = spec.source + "\n\nclass ModelNew(Model):\n    pass\n"
-    pd.DataFrame([{"task_id": spec.task_id, "policy": "base", "seed": 0, "sample_idx": 0,
-                   "code_sha256": sha256_text(program), "program": program}]).to_parquet(tmp_path / "samples.parquet")
+    write_parquet(tmp_path / "samples.parquet", pd.DataFrame([{
+        "task_id": spec.task_id, "policy": "base", "seed": 0, "sample_idx": 0,
+        "code_sha256": sha256_text(program), "program": program}]))  # with its manifest: read verified
     settings = json.dumps({"correctness_trials": 1, "timing_rounds": 2, "calls_per_round": 1, "bootstrap": 10, "timeout_s": 30})
     args = ["evaluate", "--tasks", str(tmp_path / "tasks.json"), "--task", spec.task_id, "--samples",
             str(tmp_path / "samples.parquet"), "--settings", settings, "--cache", str(tmp_path / "cache"),
@@ -432,7 +456,7 @@ def test_degenerate_programs_must_also_pass_the_evaluators_varied_trial(monkeypa
     from vegtts.tasks import runtime
 
     spec = mini_spec(19)  # ReLU on inputs in [0, 1): `return x` passes the plain trials
-    assert "identity_output" in checks(validate_task(spec))
+    assert "identity_output" in checks(validate_task(dataclasses.replace(spec, varied_inputs=False)))
 
     def varied_trial_inputs(module, model, seed, make):  # as the evaluator's extra trial: signed inputs
         return [make(module, seed)[0] * -4.0], "signed"
