@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mmap
 import time
-
 from pathlib import Path
 
 import numpy as np
@@ -177,7 +176,7 @@ def test_run_scoring_needs_the_prompt_in_metadata(tmp_path):
         run_scoring(p, "x", None, "base", tmp_path / "o.parquet", model_and_tokenizer=(tiny_model(), CharTokenizer()))
 
 
-def _touched_pages(mib: int) -> "mmap.mmap":
+def _touched_pages(mib: int) -> mmap.mmap:
     """Fresh anonymous pages, each written once (an allocator could hand back pages that are
     already resident, which no RSS measure can see)."""
     import mmap
