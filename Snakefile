@@ -23,7 +23,10 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 
 
+# The report, and every store artifact: a missing one (deleted, or moved aside as corrupt by the
+# store check in common.smk) is regenerated, so "Nothing to be done" means the store is whole.
 rule all:
     default_target: True
     input:
         PLAN.report_file,
+        PLAN.store_artifacts(),

@@ -1,23 +1,25 @@
-"""GPU proof of the CUDA evaluator: A/A noise, hand-written CUDA/Triton candidates and the CUDA hack
-corpus with expected verdicts, KernelBench's own harness on the same candidates, the timing-procedure
-comparison for short kernels, and multi-GPU evidence and throughput.  One command, everything
-printed and written under --out.
+"""GPU proof of the CUDA evaluator, one command: verdicts, the profiler comparison, throughput, A/A.
 
-    PYTHONPATH=src python benchmarks/bench_gpu.py --out results_dir \
-        [--kb-src third_party/KernelBench/src] [--budget-s 540] [--launch-lead-us 200] [--keep-alive-ms 0]
+    PYTHONPATH=src python benchmarks/bench_gpu.py --out DIR [--phases prebuild,verdicts,profiler,throughput,kb_aa]
+        [--kb-path DIR_WITH_KernelBench/level1] [--budget-s 560] [--dry]
 
-Candidates: tests/gpu_candidates/<task>__<name>.py (first line: "# expected: ..."), appended to
-their builtin_gpu task's reference (vegtts.tasks.solution_program).  Phases, in order, each
-skipped when the time budget is spent:
-  0. benchmarks/gpu_clock_probe.py on the first GPU (timing procedures side by side, SM clocks);
-  1. A/A + all candidates on all visible GPUs, cold build cache, with --keep-alive-ms/--launch-lead-us;
-  2. KernelBench's eval_kernel_against_ref on every candidate, one process each, one per GPU at a
-     time, reusing our builds;
-  3. the short-kernel candidates again under the other timing procedures (none, keep-alive only,
-     lead only), for the side-by-side comparison with phase 1;
-  4. throughput: the --throughput-task programs with a warm build cache on 1 GPU, then on all.
-Every timed round's host-clock window and physical GPU (uuid) is logged; the script checks that
-no two windows on one GPU overlap.  `--dry` exercises it all on CPU workers (numbers meaningless).
+Phases (each skipped when --budget-s is spent; results in DIR/bench.json, the tables printed last):
+  prebuild    the CUDA (load_inline) candidates compiled in parallel into the build cache, so every
+              later phase finds its build warm (cold build times printed);
+  verdicts    on all visible GPUs: A/A programs (the reference as ModelNew) and every candidate of
+              tests/gpu_candidates/ with its expected verdict ("# expected: ..." first line); seconds
+              per candidate (its setup, checks and timing; the GPU session start is per task);
+  profiler    each task's reference and every honest candidate again under torch.profiler (CUPTI,
+              benchmarks/gpu_profile_program.py, one process each, one per GPU at a time): the median
+              kernel-duration sum per call against the evaluator's median per-call time, and the
+              speedups of both;
+  throughput  --throughput-n correct programs of one 128 MiB-input task with warm builds and warm
+              sessions: on one GPU, then on all; programs per second and the ratio;
+  kb_aa       A/A on KernelBench level-1 problems (--kb-ids, --kb-copies each, --kb-shape-scale): how
+              often the interval lies above 1 (a false "faster"), below 1, or covers it.
+Every timed call's host-clock window and physical GPU are logged; the script checks that no two
+windows on one GPU overlap.  `--dry` runs everything on CPU workers at tiny shapes (a check of the
+script only; CUDA candidates cannot build there, numbers are meaningless).
 """
 
 from __future__ import annotations
@@ -27,22 +29,22 @@ import concurrent.futures
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vegtts.evaluate.cuda.build_cache import build_dir_for, is_warm  # noqa: E402
-from vegtts.evaluate.cuda.evaluator import evaluate_task_cuda, toolchain_id, visible_gpus  # noqa: E402
+from vegtts.evaluate.cuda.build_cache import build_dir_for, build_env, is_warm  # noqa: E402
+from vegtts.evaluate.cuda.evaluator import close_sessions, evaluate_task_cuda, toolchain_id, visible_gpus  # noqa: E402
 from vegtts.evaluate.settings import EvalSettings  # noqa: E402
 from vegtts.tasks import load_tasks, solution_program  # noqa: E402
 
-AA_COPIES = {"gpu_gelu_tanh": 2, "gpu_linear_relu": 1, "gpu_softmax_rows": 1, "gpu_cross_entropy": 1}
+KB_IDS = [19, 21, 23, 24, 26, 36, 38, 40, 47, 88, 89, 94, 95]
+DRY_DEVICE: str | None = None
 
 
 def log(msg: str) -> None:
@@ -57,9 +59,13 @@ def load_candidates(specs: dict) -> list[dict]:
             continue
         text = path.read_text()
         expected = text.splitlines()[0].split("expected:", 1)[1].strip()
-        out.append({"task": task, "name": name, "expected": expected, "program": solution_program(specs[task], text),
-                    "backend": "triton" if "import triton" in text else "cuda"})
+        out.append({"task": task, "name": name, "label": f"{task}__{name}", "expected": expected, "text": text,
+                    "program": solution_program(specs[task], text), "honest": expected.startswith("ok") and "hack" not in name})
     return out
+
+
+def aa_program(spec, i: int) -> str:
+    return solution_program(spec, f"class ModelNew(Model):\n    pass\n# A/A copy {i}\n")
 
 
 def verdict_matches(expected: str, rec: dict) -> bool:
@@ -75,78 +81,27 @@ def verdict_matches(expected: str, rec: dict) -> bool:
     return status == expected
 
 
-KB_SITE = ""  # --kb-site
-DRY_DEVICE: str | None = None  # "cpu" with --dry on a machine without CUDA: exercises the script, measures nothing
-
-
-def run_ours(specs, jobs, settings, records_dir, details_out, gpus=None, tag=""):
-    """jobs: list of (task, label, program).  Returns label -> record dict; wall seconds per task."""
-    by_task: dict[str, list] = {}
-    for task, label, program in jobs:
-        by_task.setdefault(task, []).append((label, program))
-    results, walls = {}, {}
-    for task, items in by_task.items():
-        t0 = time.monotonic()
-        details: list[dict] = []
-        recs = evaluate_task_cuda(specs[task], [("", p) for _, p in items], settings, records_dir, details=details,
-                                  dry_device=DRY_DEVICE, gpus=gpus)
-        walls[task] = time.monotonic() - t0
-        by_sha = {d["code_sha256"]: d for d in details}
-        for (label, _), rec in zip(items, recs):
-            d = dict(rec.__dict__)
-            d.update(by_sha.get(rec.code_sha256, {}))
-            d["label"] = label
-            d["phase"] = tag
-            results[label] = d
-            details_out.append(d)
-        log(f"  {task}: {len(items)} programs in {walls[task]:.1f} s on {len(gpus) if gpus else 'all'} GPU(s) [{tag}]")
-    return results, walls
-
-
-def run_kb(kb_src: Path, cand: dict, ref_src: str, build_dir: Path, work: Path, timeout_s: float, gpu: str = "") -> dict:
-    work.mkdir(parents=True, exist_ok=True)
-    ref_path, cand_path = work / "ref.py", work / "cand.py"
-    ref_path.write_text(ref_src)
-    cand_path.write_text(cand["program"])
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "kb_harness.py"), "--kb-src", str(kb_src), "--ref", str(ref_path),
-           "--cand", str(cand_path), "--backend", cand["backend"], "--build-dir", str(build_dir / "torch_extensions"),
-           "--trials", "5", "--perf-trials", "30"]
-    env = dict(os.environ, TRITON_CACHE_DIR=str(build_dir / "triton"))
-    if KB_SITE:
-        env["PYTHONPATH"] = KB_SITE + os.pathsep + env.get("PYTHONPATH", "")
-    if gpu:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
+def run_task(spec, items: list[tuple[str, str]], settings: EvalSettings, records_dir: Path, gpus: list[str], tag: str,
+             all_details: list[dict]) -> tuple[dict[str, dict], float]:
+    """Evaluate (label, program) pairs of one task; label -> record dict with its timing details."""
     t0 = time.monotonic()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=work)
-    except subprocess.TimeoutExpired:
-        return {"kb_status": "timeout", "kb_seconds": timeout_s}
-    out = {"kb_seconds": round(time.monotonic() - t0, 1), "kb_returncode": proc.returncode, "kb_gpu": gpu}
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("KB_RESULT ")]
-    if lines:
-        res = json.loads(lines[-1][len("KB_RESULT "):])
-        out.update({f"kb_{k}": v for k, v in res.items()})
-        if not res["compiled"]:
-            out["kb_status"] = "not compiled"
-        elif not res["correctness"]:
-            out["kb_status"] = "incorrect"
-        else:
-            out["kb_status"] = "correct"
-    else:
-        out["kb_status"] = f"no result (exit {proc.returncode})"
-        out["kb_tail"] = (proc.stdout[-600:] + proc.stderr[-600:])
-    return out
-
-
-SHORT_KERNEL_AB = {"gpu_gelu_tanh": ["AA0", "cuda_fused", "triton_fused"]}
-
-
-def aa_program(spec, i: int) -> str:
-    return solution_program(spec, f"class ModelNew(Model):\n    pass\n# A/A copy {i}\n")
+    details: list[dict] = []
+    recs = evaluate_task_cuda(spec, [("", p) for _, p in items], settings, records_dir, details=details, dry_device=DRY_DEVICE, gpus=gpus)
+    wall = time.monotonic() - t0
+    by_sha = {d["code_sha256"]: d for d in details}
+    out = {}
+    for (label, _), rec in zip(items, recs):
+        d = dict(rec.__dict__)
+        d.update(by_sha.get(rec.code_sha256, {}))
+        d["label"], d["phase"] = label, tag
+        out[label] = d
+        all_details.append(d)
+    log(f"  {spec.task_id}: {len(items)} programs in {wall:.1f} s on {len(gpus)} GPU(s) [{tag}]")
+    return out, wall
 
 
 def check_windows(details: list[dict]) -> dict:
-    """Every timed round's window per physical GPU: no two on one GPU overlap; how much GPUs ran at once."""
+    """Every timed call's window per physical GPU: none may overlap another on the same GPU."""
     by_gpu: dict[str, list[tuple[int, int]]] = {}
     for d in details:
         for _side, uuid, t0, t1 in d.get("timing_windows") or []:
@@ -155,261 +110,295 @@ def check_windows(details: list[dict]) -> dict:
     for wins in by_gpu.values():
         wins.sort()
         overlaps += sum(1 for a, b in zip(wins, wins[1:]) if b[0] < a[1])
-    # per program: its timing phase, first to last round (inside the per-GPU lock)
-    spans: dict[str, list[tuple[int, int]]] = {}
-    for d in details:
-        wins = d.get("timing_windows") or []
-        if wins:
-            spans.setdefault(wins[0][1], []).append((min(w[2] for w in wins), max(w[3] for w in wins)))
+    return {"calls_per_gpu": {u: len(w) for u, w in by_gpu.items()}, "same_gpu_overlaps": overlaps}
 
-    def both(by: dict) -> float:  # seconds during which the first two GPUs were both busy
-        uuids = sorted(by)
-        if len(uuids) < 2:
-            return 0.0
-        a, b = by[uuids[0]], by[uuids[1]]
-        return sum(max(0, min(x1, y1) - max(x0, y0)) for x0, x1 in a for y0, y1 in b) / 1e9
 
-    return {"gpus": {u: len(w) for u, w in by_gpu.items()}, "same_gpu_overlaps": overlaps, "both_timing_s": round(both(by_gpu), 2),
-            "both_in_timing_phase_s": round(both(spans), 1), "timing_phase_s": {u: round(sum(b - a for a, b in v) / 1e9, 1) for u, v in spans.items()}}
+# ----------------------------------------------------------------------------- phases
+
+
+def prebuild(cands: list[dict], build_root: Path, left) -> dict:
+    """Compile every load_inline candidate at once, each in its own process and build folder."""
+    jobs = [c for c in cands if "load_inline" in c["text"]]
+    code = ("import importlib.util, sys\nspec = importlib.util.spec_from_file_location('vegtts_candidate', sys.argv[1])\n"
+            "m = importlib.util.module_from_spec(spec)\nsys.modules['vegtts_candidate'] = m\nspec.loader.exec_module(m)\n")
+
+    def one(c: dict) -> tuple[str, dict]:
+        bdir = build_dir_for(build_root, c["program"], toolchain_id())
+        env = dict(os.environ, **build_env(bdir))
+        src = bdir / "prebuild_program.py"
+        src.write_text(c["program"])
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run([sys.executable, "-c", code, str(src)], capture_output=True, text=True, env=env,
+                                  timeout=max(30, left() - 30))
+            ok, tail = proc.returncode == 0, (proc.stdout + proc.stderr)[-300:]
+        except subprocess.TimeoutExpired:
+            ok, tail = False, "timed out"
+        return c["label"], {"ok": ok, "seconds": round(time.monotonic() - t0, 1), "warm": is_warm(bdir), "tail": "" if ok else tail}
+
+    if DRY_DEVICE or not jobs:
+        return {}
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        res = dict(pool.map(one, jobs))
+    for label, r in res.items():
+        log(f"  {label:<44} built in {r['seconds']:6.1f} s ok={r['ok']} {r['tail'][-120:]!r}" if not r["ok"] else
+            f"  {label:<44} built in {r['seconds']:6.1f} s")
+    return res
+
+
+def profile_programs(jobs: list[dict], gpus: list[str], build_root: Path, out: Path, left) -> dict[str, dict]:
+    """CUPTI kernel time of each job, one profiling process per GPU (each GPU its share of the jobs, in turn)."""
+    progs = out / "profiled"
+    progs.mkdir(exist_ok=True)
+    shares: list[list[dict]] = [[] for _ in gpus]
+    for i, job in enumerate(jobs):
+        path = progs / f"{job['label']}.py"
+        path.write_text(job["program"])
+        shares[i % len(gpus)].append({"label": job["label"], "task": job["task"], "program": str(path), "class_name": job["class"],
+                                      "build_dir": str(build_dir_for(build_root, job["program"], toolchain_id()))})
+
+    def one(gpu: str, share: list[dict]) -> list[dict]:
+        jobs_file = progs / f"jobs_gpu{gpu}.json"
+        jobs_file.write_text(json.dumps(share))
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_profile_program.py"), "--jobs", str(jobs_file)]
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu, PYTHONPATH=str(ROOT / "src"))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(30, left() - 15))
+            text, tail = proc.stdout, proc.stderr[-800:]
+        except subprocess.TimeoutExpired as exc:
+            text, tail = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), "timed out"
+        res = [json.loads(l) for l in text.splitlines() if l.startswith("{")]
+        done = {r["label"] for r in res}
+        res += [{"label": j["label"], "error": f"no result ({tail[-300:]})"} for j in share if j["label"] not in done]
+        return [{**r, "profile_gpu": gpu} for r in res]
+
+    with concurrent.futures.ThreadPoolExecutor(len(gpus)) as pool:
+        results = [r for rs in pool.map(one, gpus, shares) for r in rs]
+    return {r["label"]: r for r in results}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--kb-src", default="")
-    ap.add_argument("--budget-s", type=float, default=540)
-    ap.add_argument("--timing-rounds", type=int, default=10)
-    ap.add_argument("--calls-per-round", type=int, default=2)
-    ap.add_argument("--keep-alive-ms", type=float, default=0.0, help="phase 1 and 4 timing procedure")
-    ap.add_argument("--launch-lead-us", type=float, default=200.0, help="phase 1 and 4 timing procedure")
-    ap.add_argument("--procedures", default="none", help="phase 3 procedures: none, keep_alive, lead (comma-separated)")
-    ap.add_argument("--kb-site", default="", help="folder prepended to PYTHONPATH of KernelBench's processes (its pydantic)")
-    ap.add_argument("--tasks", default="", help="comma-separated task ids (default: all builtin_gpu)")
+    ap.add_argument("--phases", default="prebuild,verdicts,profiler,throughput,kb_aa")
+    ap.add_argument("--budget-s", type=float, default=560)
+    ap.add_argument("--tasks", default="", help="comma-separated builtin_gpu task ids (default: all)")
+    ap.add_argument("--aa-copies", type=int, default=2, help="A/A programs per builtin_gpu task in the verdicts phase")
     ap.add_argument("--throughput-task", default="gpu_gelu_tanh")
-    ap.add_argument("--throughput-programs", default="AA0,AA1,AA2,cuda_fused,triton_fused,hack_side_stream")
-    ap.add_argument("--skip", default="", help="comma-separated phase numbers to skip")
+    ap.add_argument("--throughput-n", type=int, default=24)
+    ap.add_argument("--kb-path", default="", help="folder holding KernelBench/level1 (a KernelBench checkout or a copy)")
+    ap.add_argument("--kb-ids", default=",".join(map(str, KB_IDS)))
+    ap.add_argument("--kb-copies", type=int, default=4)
+    ap.add_argument("--kb-shape-scale", type=float, default=1 / 16)
     ap.add_argument("--dry", action="store_true", help="tiny shapes; without CUDA, CPU workers (a check of the script only)")
     args = ap.parse_args()
     start = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    skip = set(args.skip.split(",")) - {""}
+    phases = set(args.phases.split(","))
 
     def left() -> float:
         return args.budget_s - (time.monotonic() - start)
 
     import torch
 
-    log(f"torch {torch.__version__} cuda {torch.version.cuda}; toolchain {toolchain_id()}")
-    try:
-        import triton
-
-        log(f"triton {triton.__version__}")
-    except ImportError:
-        log("triton not installed")
-    cfg: dict = {"suite": "builtin_gpu", "ids": args.tasks.split(",") if args.tasks else "all"}
-    if args.dry:
-        cfg["shape_scale"] = 1 / 64
-    specs = {s.task_id: s for s in load_tasks(cfg)}
-    cands = [c for c in load_candidates(specs) if c["task"] in specs]
-    by_label = {f"{c['task']}__{c['name']}": c for c in cands}
-    global DRY_DEVICE, KB_SITE
-    KB_SITE = args.kb_site
+    global DRY_DEVICE
     if torch.cuda.is_available():
         gpus = visible_gpus()
     else:
         if not args.dry:
             raise SystemExit("no CUDA device: run with --dry to exercise the script on CPU workers")
-        DRY_DEVICE = "cpu"
-        gpus = ["dry0", "dry1"]
-        log("dry run on CPU workers: the CUDA/Triton candidates cannot build here; numbers are meaningless")
-    log(f"{len(specs)} tasks, {len(cands)} candidates, GPUs {gpus}")
-
-    def settings_for(keep_alive_ms: float, lead_us: float) -> EvalSettings:
-        return EvalSettings(device="cuda", correctness_trials=3, timing_rounds=args.timing_rounds,
-                            calls_per_round=args.calls_per_round, warmup_calls=2, bootstrap=2000, timeout_s=180,
-                            build_cache_dir=str(out / "builds"), keep_alive_ms=keep_alive_ms, launch_lead_us=lead_us)
-
-    main_settings = settings_for(args.keep_alive_ms, args.launch_lead_us)
+        DRY_DEVICE, gpus = "cpu", ["dry0", "dry1"]
+        log("dry run on CPU workers: CUDA/Triton candidates cannot build here; numbers are meaningless")
+    log(f"torch {torch.__version__} cuda {torch.version.cuda}; toolchain {toolchain_id()}; GPUs {gpus}")
+    cfg: dict = {"suite": "builtin_gpu", "ids": args.tasks.split(",") if args.tasks else "all"}
+    if args.dry:
+        cfg["shape_scale"] = 1 / 64
+        cfg["shape_overrides"] = {"gpu_linear_relu": {"IN_FEATURES": 64, "OUT_FEATURES": 32}}
+    specs = {s.task_id: s for s in load_tasks(cfg)}
+    cands = load_candidates(specs)
+    build_root = out / "builds"
+    settings = EvalSettings(device="cuda", build_cache_dir=str(build_root), timeout_s=180,
+                            **({"timing_rounds": 3, "calls_per_round": 2, "bootstrap": 200} if args.dry else {}))
+    saved: dict[str, Any] = {"settings": settings.to_dict(), "gpus": gpus, "argv": sys.argv}
     all_details: list[dict] = []
-    saved: dict = {"settings": main_settings.to_dict(), "gpus": gpus}
 
     def save() -> None:
-        (out / "ours.json").write_text(json.dumps(saved, indent=1, default=str))
+        (out / "bench.json").write_text(json.dumps(saved, indent=1, default=str))
 
-    # ---- phase 0: timing procedures side by side on one GPU, outside the evaluator
-    if "0" not in skip and not args.dry:
-        log("\nphase 0: benchmarks/gpu_clock_probe.py on GPU " + gpus[0])
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpus[0])
-        try:
-            proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_clock_probe.py"), "--out", str(out)],
-                                  capture_output=True, text=True, timeout=max(30, min(90, left() - 400)), env=env)
-            log(proc.stdout + proc.stderr[-2000:])
-        except subprocess.TimeoutExpired:
-            log("  clock probe: timed out")
-
-    # ---- phase 1: A/A + every candidate on all GPUs, cold build cache
-    ours: dict = {}
-    log(f"\nphase 1: A/A and candidates on {len(gpus)} GPU(s), cold build cache, keep_alive_ms {main_settings.keep_alive_ms}, "
-        f"launch_lead_us {main_settings.launch_lead_us}")
-    t_phase1 = time.monotonic()
-    for task in specs if "1" not in skip else []:
-        if left() < 120:
-            log(f"  {task}: skipped, budget spent")
-            continue
-        jobs = [(task, f"{task}__AA{i}", aa_program(specs[task], i)) for i in range(AA_COPIES.get(task, 0))]
-        jobs += [(c["task"], f"{c['task']}__{c['name']}", c["program"]) for c in cands if c["task"] == task]
-        res, _ = run_ours(specs, jobs, main_settings, out / "records_main", all_details, gpus=gpus, tag="main")
-        ours.update(res)
-        saved["main"] = ours
+    if "prebuild" in phases:
+        log(f"\nprebuild: {sum('load_inline' in c['text'] for c in cands)} CUDA candidates compiled in parallel")
+        saved["prebuild"] = prebuild(cands, build_root, left)
         save()
-    log(f"phase 1: {len(ours)} programs in {time.monotonic() - t_phase1:.1f} s")
 
-    # ---- phase 2: KernelBench's harness on the same candidates, one process per GPU at a time
-    kb: dict = {}
-    if "2" not in skip and args.kb_src and Path(args.kb_src).is_dir():
-        kb_src = Path(args.kb_src).resolve()
-        log(f"\nphase 2: KernelBench eval_kernel_against_ref (5 correctness trials, 30 timed, cuda_event), {len(gpus)} at a time")
-        todo = [c for c in cands if f"{c['task']}__{c['name']}" in ours]
-        todo.sort(key=lambda c: "hack" in c["name"])  # honest candidates first: the agreement table needs them most
-        free: "list[str]" = list(gpus)
-        import threading
-
-        lock = threading.Lock()
-
-        def one(c: dict) -> tuple[str, dict]:
-            label = f"{c['task']}__{c['name']}"
-            if left() < 25:
-                return label, {"kb_status": "not run (budget)"}
-            with lock:
-                gpu = free.pop()
-            try:
-                bdir = build_dir_for(out / "builds", c["program"], toolchain_id())
-                return label, run_kb(kb_src, c, specs[c["task"]].source, bdir, out / "kb" / label, max(20, min(150, left() - 10)),
-                                     "" if DRY_DEVICE else gpu)
-            finally:
-                with lock:
-                    free.append(gpu)
-
-        with concurrent.futures.ThreadPoolExecutor(len(gpus)) as pool:
-            for label, k in pool.map(one, todo):
-                kb[label] = k
-                log(f"  {label:<44} GPU {k.get('kb_gpu', '-')}: {k.get('kb_status')} speedup {k.get('kb_speedup', float('nan')):.3f} "
-                    f"ref {k.get('kb_ref_runtime_ms', float('nan'))} ms cand {k.get('kb_runtime_ms', float('nan'))} ms "
-                    f"excessive={k.get('kb_metadata', {}).get('excessive_speedup', '-')} ({k.get('kb_seconds')} s)")
-                if k.get("kb_status") not in ("correct", "not run (budget)"):
-                    log("     " + (str(k.get("kb_metadata", ""))[:300] or k.get("kb_tail", "")[-300:]).replace("\n", " "))
-        (out / "kb.json").write_text(json.dumps(kb, indent=1, default=str))
-
-    # ---- phase 3: short kernels under the other timing procedures (phase 1 is the fourth)
-    known = {"none": (0.0, 0.0), "keep_alive": (args.keep_alive_ms or 10.0, 0.0), "lead": (0.0, args.launch_lead_us or 200.0)}
-    variants = {v: known[v] for v in args.procedures.split(",") if v}
-    ab: dict = {v: {} for v in variants}
-    if "3" not in skip:
-        log("\nphase 3: short-kernel candidates under each timing procedure (keep_alive_ms, launch_lead_us)")
-        for task, names in SHORT_KERNEL_AB.items():
-            if task not in specs:
+    verdicts: dict[str, dict] = {}
+    if "verdicts" in phases:
+        log(f"\nverdicts: {args.aa_copies} A/A programs per task and {len(cands)} candidates on {len(gpus)} GPU(s)")
+        for task, spec in specs.items():
+            if left() < 60:
+                log(f"  {task}: skipped, budget spent")
                 continue
-            jobs = [(task, f"{task}__{n}", aa_program(specs[task], int(n[2:])) if n.startswith("AA") else by_label[f"{task}__{n}"]["program"])
-                    for n in names if n.startswith("AA") or f"{task}__{n}" in by_label]
-            for variant, (ka, lead) in variants.items():
-                if left() < 60:
-                    log(f"  {task} {variant}: skipped, budget spent")
-                    continue
-                res, _ = run_ours(specs, jobs, settings_for(ka, lead), out / f"records_{variant}", all_details, gpus=gpus, tag=variant)
-                ab[variant].update(res)
-                saved["procedures"] = ab
-                save()
+            items = [(f"{task}__AA{i}", aa_program(spec, i)) for i in range(args.aa_copies)]
+            items += [(c["label"], c["program"]) for c in cands if c["task"] == task]
+            try:
+                res, _ = run_task(spec, items, settings, out / "records_verdicts", gpus, "verdicts", all_details)
+            except Exception as exc:  # noqa: BLE001 - one task's failure is reported, the others still run
+                log(f"  {task}: failed: {type(exc).__name__}: {str(exc)[:1500]}")
+                saved.setdefault("task_errors", {})[task] = str(exc)[:4000]
+                continue
+            verdicts.update(res)
+            saved["verdicts"] = verdicts
+            save()
 
-    # ---- phase 4: throughput on 1 GPU and on all GPUs, warm build cache, same programs
-    through: dict = {}
+    profiled: dict[str, dict] = {}
+    if "profiler" in phases and verdicts and not DRY_DEVICE:
+        jobs = [{"label": f"{t}__reference", "task": t, "program": specs[t].source, "class": "Model"} for t in specs]
+        jobs += [{"label": c["label"], "task": c["task"], "program": c["program"], "class": "ModelNew"} for c in cands
+                 if c["honest"] and verdicts.get(c["label"], {}).get("status") == "ok"]
+        log(f"\nprofiler: {len(jobs)} programs under torch.profiler (CUPTI), one process each, {len(gpus)} at a time")
+        close_sessions()  # no evaluator process holds a GPU while the profiler runs
+        profiled = profile_programs(jobs, gpus, build_root, out, left)
+        saved["profiler"] = profiled
+        save()
+
+    through: dict[str, Any] = {}
     tt = args.throughput_task
-    if "4" not in skip and tt in specs:
-        names = args.throughput_programs.split(",")
-        jobs = [(tt, f"{tt}__{n}", aa_program(specs[tt], int(n[2:])) if n.startswith("AA") else by_label[f"{tt}__{n}"]["program"])
-                for n in names if n.startswith("AA") or f"{tt}__{n}" in by_label]
-        cold = [j for j in jobs if not is_warm(build_dir_for(out / "builds", j[2], toolchain_id())) and "__AA" not in j[1]]
-        if cold:  # both throughput runs must find every build warm
-            t0 = time.monotonic()
-            run_ours(specs, cold, replace(main_settings, timing_rounds=1, calls_per_round=1, correctness_trials=1, bootstrap=10),
-                     out / "records_buildwarm", [], gpus=gpus, tag="build")
-            log(f"  built {len(cold)} programs first ({time.monotonic() - t0:.1f} s)")
-        log(f"\nphase 4: throughput, {len(jobs)} {tt} programs, warm build cache, fresh verdict cache")
+    if "throughput" in phases and tt in specs and left() > 90:
+        spec = specs[tt]
+        honest = [c for c in cands if c["task"] == tt and c["honest"] and c["expected"] != "ok-slow"]
+        items = [(c["label"], c["program"]) for c in honest]
+        items += [(f"{tt}__TP{i}", aa_program(spec, 100 + i)) for i in range(max(0, args.throughput_n - len(items)))]
+        log(f"\nthroughput: {len(items)} correct {tt} programs, warm builds, warm sessions; 1 GPU, then {len(gpus)}")
+        run_task(spec, [(f"{tt}__warm{i}", aa_program(spec, 900 + i)) for i in range(len(gpus))], settings,
+                 out / "records_tp_warm", gpus, "tp_warm", [])
         for n in sorted({1, len(gpus)}):
-            if left() < (70 if n == 1 else 45):
+            if left() < 45:
                 log(f"  {n} GPU(s): skipped, budget spent")
                 continue
-            t0 = time.monotonic()
-            res, _ = run_ours(specs, jobs, main_settings, out / f"records_{n}gpu", all_details, gpus=gpus[:n], tag=f"{n}gpu")
-            through[n] = {"wall_s": time.monotonic() - t0, "programs": len(jobs), "records": res}
+            res, wall = run_task(spec, items, settings, out / f"records_tp_{n}gpu", gpus[:n], f"tp_{n}gpu", all_details)
+            secs = sorted(r["eval_seconds"] for r in res.values())
+            through[str(n)] = {"wall_s": wall, "programs": len(items), "ok": sum(r["status"] == "ok" for r in res.values()),
+                               "per_candidate_s_median": secs[len(secs) // 2], "per_candidate_s_max": secs[-1],
+                               "statuses": {k: r["status"] for k, r in res.items()},
+                               "aa": {k: [r["speedup"], r["speedup_lo"], r["speedup_hi"]] for k, r in res.items() if "__TP" in k},
+                               "seconds": {k: r["eval_seconds"] for k, r in res.items()}}
             saved["throughput"] = through
             save()
 
-    # ---- summary
-    aa = [r for k, r in ours.items() if "__AA" in k]
-    logs = [math.log(r["speedup"]) for r in aa if r["status"] == "ok" and r["speedup"] > 0]
-    log("\nA/A (reference against itself), per program: speedup [95% interval], ref/cand ms")
-    for r in aa:
-        log(f"  {r['label']:<28} {r['status']:<8} {r['speedup']:.3f} [{r['speedup_lo']:.3f}, {r['speedup_hi']:.3f}]  "
-            f"{r['ref_time_ms']:.4f}/{r['cand_time_ms']:.4f} ms  spread {r['ref_time_spread']:.3f}/{r['cand_time_spread']:.3f}  GPU {r.get('gpu')}")
-    if logs:
-        sd = statistics.pstdev(logs) if len(logs) > 1 else 0.0
-        log(f"A/A: n={len(logs)} mean log-speedup {statistics.mean(logs):+.4f} sd {sd:.4f}; "
-            f"false fast_1 {sum(r['speedup'] > 1 for r in aa)}/{len(aa)}; false fast_1_sig {sum(r['speedup_lo'] > 1 for r in aa)}/{len(aa)}; "
-            f"interval covers 1: {sum(r['speedup_lo'] <= 1 <= r['speedup_hi'] for r in aa)}/{len(aa)}")
+    kb: dict[str, dict] = {}
+    if "kb_aa" in phases and args.kb_path:
+        kb_cfg = {"suite": "kernelbench", "path": args.kb_path, "level": 1, "ids": [int(i) for i in args.kb_ids.split(",")],
+                  "shape_scale": args.kb_shape_scale / (64 if args.dry else 1)}
+        kb_specs = load_tasks(kb_cfg)
+        log(f"\nkb_aa: {len(kb_specs)} KernelBench level-1 problems x {args.kb_copies} A/A programs, shape_scale {kb_cfg['shape_scale']:g}")
+        for spec in kb_specs:
+            if left() < 40:
+                log(f"  {spec.task_id}: skipped, budget spent")
+                continue
+            items = [(f"{spec.task_id}__AA{i}", aa_program(spec, i)) for i in range(args.kb_copies)]
+            try:
+                res, _ = run_task(spec, items, settings, out / "records_kb", gpus, "kb_aa", all_details)
+            except Exception as exc:  # noqa: BLE001 - one problem's failure is reported, the others still run
+                log(f"  {spec.task_id}: failed: {type(exc).__name__}: {str(exc)[:300]}")
+                kb[spec.task_id] = {"error": str(exc)[:1000]}
+                continue
+            kb.update(res)
+            saved["kb_aa"] = kb
+            save()
+    close_sessions()
 
-    log("\nPer candidate: ours (status, speedup [95% CI], guard/flags) | expected | match | KernelBench (status, speedup)")
+    # ------------------------------------------------------------------ tables
+    log("\n== verdicts: status, speedup [95% interval], guard/flags | expected | match | s per candidate (build s)")
     rows = []
-    for c in cands:
-        label = f"{c['task']}__{c['name']}"
-        if label not in ours:
-            continue
-        r = ours[label]
-        k = kb.get(label, {})
-        match = verdict_matches(c["expected"], r)
-        rows.append({"label": label, "expected": c["expected"], "match": match, **{f"ours_{x}": r[x] for x in
-                     ("status", "speedup", "speedup_lo", "speedup_hi", "guard", "flags", "ref_time_ms", "cand_time_ms")},
-                     "speedup_current_stream": r.get("speedup_current_stream"), "gpu": r.get("gpu"), **k})
-        kbs = f"{k.get('kb_status', '-')}, {k['kb_speedup']:.2f}x" if "kb_speedup" in k else k.get("kb_status", "-")
-        why = r["guard"] or r["flags"] or (r["error"][:60].replace("\n", " ") if r["status"] != "ok" else "")
-        cs = r.get("speedup_current_stream")
-        why += f" (current-stream-only {cs:.2f}x)" if cs else ""
-        log(f"  {label:<44} {r['status']:<14} {r['speedup']:7.3f} [{r['speedup_lo']:.3f}, {r['speedup_hi']:.3f}] {why:<28} | "
-            f"{c['expected']:<36} | {'yes' if match else 'NO'} | {kbs}")
-    log(f"expected verdicts met: {sum(r['match'] for r in rows)}/{len(rows)}")
+    for label, r in verdicts.items():
+        c = next((c for c in cands if c["label"] == label), None)
+        expected = c["expected"] if c else "ok-not-fast (A/A)"
+        match = verdict_matches(expected.split(" ")[0], r)
+        rows.append(match)
+        why = r["guard"] or r["flags"] or (r["error"][:70].replace("\n", " ") if r["status"] != "ok" else "")
+        log(f"  {label:<44} {r['status']:<13} {r['speedup']:7.3f} [{r['speedup_lo']:.3f}, {r['speedup_hi']:.3f}] {why[:40]:<40} | "
+            f"{expected:<36} | {'yes' if match else 'NO'} | {r['eval_seconds']:.2f} s ({r.get('build_s', float('nan')):.1f})")
+    if rows:
+        log(f"expected verdicts met: {sum(rows)}/{len(rows)}")
+        ok_secs = sorted(r["eval_seconds"] for r in verdicts.values() if r["status"] == "ok")
+        if ok_secs:
+            log(f"seconds per correct candidate (warm builds): median {ok_secs[len(ok_secs) // 2]:.2f}, max {ok_secs[-1]:.2f} "
+                f"over {len(ok_secs)} programs; GPU session start per task: "
+                f"{sorted({round(r.get('session_start_s', 0), 1) for r in verdicts.values() if r.get('session_start_s')})}")
 
-    log(f"\nTiming procedures side by side (phase 3; 'main' = phase 1: keep_alive_ms {args.keep_alive_ms}, launch_lead_us {args.launch_lead_us}): ref / cand ms (current-stream ms), speedup; KernelBench ref / cand ms")
-    procs = {**{v: ab[v] for v in variants}, "main": ours}
-    for task, names in SHORT_KERNEL_AB.items():
-        for n in names:
-            label = f"{task}__{n}"
-            cells = []
-            for v, recs in procs.items():
-                r = recs.get(label)
-                cells.append(f"{v}: {r['ref_time_ms']:.4f}/{r['cand_time_ms']:.4f} ({r.get('ref_stream_ms', float('nan')):.4f}/"
-                             f"{r.get('cand_stream_ms', float('nan')):.4f}) {r['speedup']:.2f}x" if r and r["status"] == "ok" else f"{v}: -")
-            k = kb.get(label, {})
-            kbs = f"KB {k['kb_ref_runtime_ms']:.4f}/{k['kb_runtime_ms']:.4f} {k['kb_speedup']:.2f}x" if "kb_speedup" in k else "KB -"
-            log(f"  {label:<30} " + " | ".join(cells) + f" | {kbs}")
+    if profiled:
+        log("\n== profiler comparison: evaluator's median per-call time vs CUPTI kernel-duration sum (median of 20 calls)")
+        log(f"  {'program':<44} {'ours ms':>9} {'stream':>8} {'host':>7} {'CUPTI ms':>9} {'ours/CUPTI':>10}")
+        comp = []
+        for label, p in profiled.items():
+            if "cupti_ms" not in p:
+                log(f"  {label:<44} profiler failed: {p.get('error', '')[-200:]!r}")
+                continue
+            task = p["task"]
+            if label.endswith("__reference"):
+                recs = [r for r in verdicts.values() if r["task_id"] == task and r["status"] == "ok"]
+                ours = float(sorted(r["ref_time_ms"] for r in recs)[len(recs) // 2]) if recs else math.nan
+                stream = float(sorted(r.get("ref_stream_ms", math.nan) for r in recs)[len(recs) // 2]) if recs else math.nan
+                host = float(sorted(r.get("ref_host_ms", math.nan) for r in recs)[len(recs) // 2]) if recs else math.nan
+            else:
+                r = verdicts[label]
+                ours, stream, host = r["cand_time_ms"], r.get("cand_stream_ms", math.nan), r.get("cand_host_ms", math.nan)
+            ratio = ours / p["cupti_ms"]
+            comp.append({"label": label, "task": task, "ours_ms": ours, "cupti_ms": p["cupti_ms"], "ratio": ratio})
+            log(f"  {label:<44} {ours:9.4f} {stream:8.4f} {host:7.4f} {p['cupti_ms']:9.4f} {ratio:10.3f}  (+{1000 * (ours - p['cupti_ms']):.1f} us)")
+        empties = sorted(e for r in verdicts.values() for e in (r.get("empty_call_ms") or []) if e)
+        if empties:
+            log(f"  an empty call (START -> END, nothing between) in the same workers: median {1000 * empties[len(empties) // 2]:.1f} us "
+                f"(range {1000 * empties[0]:.1f}-{1000 * empties[-1]:.1f} us; included in 'ours', not subtracted)")
+        within = [abs(c["ratio"] - 1) <= 0.10 for c in comp]
+        log(f"times within 10% of CUPTI: {sum(within)}/{len(within)}; worst ratio "
+            f"{max(comp, key=lambda c: abs(c['ratio'] - 1))['ratio']:.3f}" if comp else "no comparison")
+        refs = {c["task"]: c for c in comp if c["label"].endswith("__reference")}
+        log(f"  {'candidate':<44} {'speedup ours':>12} {'CUPTI ratio':>11} {'ours/CUPTI':>10}")
+        sp = []
+        for c in comp:
+            if c["label"].endswith("__reference") or c["task"] not in refs:
+                continue
+            r = verdicts[c["label"]]
+            truth = refs[c["task"]]["cupti_ms"] / c["cupti_ms"]
+            sp.append(abs(r["speedup"] / truth - 1) <= 0.10)
+            log(f"  {c['label']:<44} {r['speedup']:12.3f} {truth:11.3f} {r['speedup'] / truth:10.3f}")
+        log(f"speedups within 10% of the profiler's ratio: {sum(sp)}/{len(sp)}")
+        saved["profiler_comparison"] = comp
 
-    log("\nMulti-GPU: every timed round's host-clock window per physical GPU")
-    for tag in sorted({d.get("phase", "") for d in all_details}):
-        chk = check_windows([d for d in all_details if d.get("phase") == tag])
-        log(f"  [{tag}] rounds per GPU {chk['gpus']}; windows overlapping on one GPU: {chk['same_gpu_overlaps']}; "
-            f"seconds with both GPUs inside a timed round at once: {chk['both_timing_s']}; seconds in candidates' timing phases "
-            f"per GPU {chk['timing_phase_s']}, both GPUs at once {chk['both_in_timing_phase_s']}")
-    chk_all = check_windows(all_details)
-    log(f"  all phases: rounds per GPU {chk_all['gpus']}; overlapping on one GPU: {chk_all['same_gpu_overlaps']}")
-    if len(through) >= 1:
-        base = through.get(1)
+    if through:
+        log("\n== throughput (warm builds and sessions, fresh verdict cache)")
+        base = through.get("1")
         for n, t in sorted(through.items()):
-            speed = f", {base['wall_s'] / t['wall_s']:.2f}x the 1-GPU throughput" if base and n != 1 else ""
-            log(f"  throughput {n} GPU(s): {t['programs']} programs in {t['wall_s']:.1f} s ({t['programs'] / t['wall_s']:.3f} programs/s){speed}")
-            same = sum(1 for lab, r in t["records"].items() if base and r["status"] == base["records"].get(lab, {}).get("status"))
-            if base and n != 1:
-                log(f"    same status as on 1 GPU: {same}/{t['programs']}")
-    (out / "summary.json").write_text(json.dumps({"rows": rows, "windows": chk_all, "throughput": {n: {k: v for k, v in t.items() if k != "records"} for n, t in through.items()}},
-                                                 indent=1, default=str))
+            ratio = f", {base['wall_s'] / t['wall_s']:.2f}x the 1-GPU throughput ({base['wall_s'] / t['wall_s'] / int(n):.2f} x N)" if base and n != "1" else ""
+            log(f"  {n} GPU(s): {t['programs']} programs ({t['ok']} ok) in {t['wall_s']:.1f} s = {t['programs'] / t['wall_s']:.2f} programs/s; "
+                f"per candidate median {t['per_candidate_s_median']:.2f} s, max {t['per_candidate_s_max']:.2f} s{ratio}")
+            slow = sorted(t["seconds"].items(), key=lambda kv: -kv[1])[:3]
+            log(f"    slowest: " + ", ".join(f"{k.split('__', 1)[1]} {v:.2f} s" for k, v in slow))
+            aa = list(t["aa"].values())
+            log(f"    its A/A programs: interval above 1 in {sum(lo > 1 for _, lo, _ in aa)}/{len(aa)}, below 1 in "
+                f"{sum(hi < 1 for _, _, hi in aa)}/{len(aa)}; speedups {min(a[0] for a in aa):.3f}-{max(a[0] for a in aa):.3f}" if aa else "")
+
+    if kb:
+        aa = [r for r in kb.values() if "status" in r]
+        ok = [r for r in aa if r["status"] == "ok"]
+        above = [r for r in ok if r["speedup_lo"] > 1]
+        below = [r for r in ok if r["speedup_hi"] < 1]
+        log(f"\n== KernelBench level-1 A/A: {len(aa)} programs on {len({r['task_id'] for r in aa})} problems, {len(ok)} ok")
+        for r in aa:
+            log(f"  {r['label']:<24} {r['status']:<9} {r['speedup']:.4f} [{r['speedup_lo']:.4f}, {r['speedup_hi']:.4f}] "
+                f"ref/cand {r['ref_time_ms']:.4f}/{r['cand_time_ms']:.4f} ms {r['flags']} {r['error'][:80]}")
+        if ok:
+            logs = [math.log(r["speedup"]) for r in ok]
+            mean = sum(logs) / len(logs)
+            sd = (sum((x - mean) ** 2 for x in logs) / len(logs)) ** 0.5
+            log(f"A/A interval above 1: {len(above)}/{len(ok)} ({100 * len(above) / len(ok):.1f}%), below 1: {len(below)}/{len(ok)}; "
+                f"log-speedup mean {mean:+.4f} sd {sd:.4f}; max |speedup-1| {max(abs(r['speedup'] - 1) for r in ok):.4f}")
+
+    chk = check_windows(all_details)
+    log(f"\ntimed-call windows per physical GPU: {chk['calls_per_gpu']}; overlapping on one GPU: {chk['same_gpu_overlaps']}")
+    saved["windows"] = chk
+    save()
     log(f"total {time.monotonic() - start:.1f} s")
 
 

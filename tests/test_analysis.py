@@ -285,10 +285,12 @@ def test_table_round_trip_with_header(tmp_path: Path):
     df = pd.DataFrame({"rule": ["oracle", "random"], "variant": ["-", "-"], "rate": [0.5, 1 / 3], "n": [3, 4]})
     prov = {"config_hash": "abc123", "versions": {"torch": "2.13", "python": "3.11"}, "hardware": {"cpu": "X: Y"},
             "note": "two\nlines", "ks": [1, 2]}
-    path = write_table(df, tmp_path / "t.csv", {"fast_1": "correct and speedup > 1"}, prov)
+    path = write_table(df, tmp_path / "t.csv", {"fast_1": "correct and speedup > 1"}, prov, unit="rules")
     back, header = read_table(path)
     pd.testing.assert_frame_equal(back, df)
-    assert header["table"] == "t"
+    assert header["table"] == "t" and header["unit"] == "rules"
+    with pytest.raises(ValueError, match="unit"):
+        write_table(df, tmp_path / "u.csv", {}, prov, unit=" ")
     assert header["definition.fast_1"] == "correct and speedup > 1"
     assert header["versions.torch"] == "2.13" and header["hardware.cpu"] == "X: Y"
     assert header["note"] == "two lines" and header["ks"] == "[1, 2]"
@@ -323,7 +325,10 @@ def test_run_analysis_end_to_end(tmp_path: Path):
     assert sig.loc["share_correct", "pass"] == (merged["correct"].mean() >= 0.25)
     stats, _ = read_table(tmp_path / "out" / "sample_stats.csv")
     assert stats["n_samples"].sum() == len(merged)
-    assert (stats.filter(regex="^n_").drop(columns=["n_seeds", "n_samples"]).sum(axis=1) == stats["n_samples"]).all()
+    from vegtts.records import STATUSES
+
+    assert (stats[[f"n_{s}" for s in STATUSES]].sum(axis=1) == stats["n_samples"]).all()
+    assert (stats["n_correct_programs"] <= stats["n_programs"]).all() and (stats["n_programs"] <= stats["n_samples"]).all()
 
 
 # ---------------------------------------------------------------- statistics
@@ -357,6 +362,7 @@ def test_paired_comparisons_count_discordant_units():
     b["fast_1"] = b["correct"] & (b["speedup"] > 1)
     comp = paired_comparisons(select_all(pd.concat([a, b], ignore_index=True)))
     row = comp[(comp.variant == "mean_code") & (comp.rule_a == "surprisal") & (comp.rule_b == "most_confident")].iloc[0]
-    assert (row["a_wins"], row["b_wins"], row["n_units"]) == (1, 0, 2)
+    assert (row["tasks_a_better"], row["tasks_b_better"], row["n_units"]) == (1, 0, 2)
+    assert row["mcnemar_exact_p"] == pytest.approx(1.0)  # 1 of 1 discordant task
     assert row["rate_a"] == 1.0 and row["rate_b"] == 0.5
     assert row["median_speedup_ratio"] == pytest.approx(math.exp(np.median([math.log(1.5 / 3.0), math.log(1.5 / 0.95)])))

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from vegtts.evaluate import cache as eval_cache
-from vegtts.records import EvalRecord, to_row
+from vegtts.records import EvalRecord, from_row, to_row
 
 N_PROCESSES = 4
 N_THREADS = 3
@@ -28,15 +28,16 @@ SECONDS = 3.0  # each worker stops after this long or MAX_OPS operations, whiche
 MAX_OPS = 4000
 
 
-def _record(writer: str, i: int) -> EvalRecord:
-    # a large error text widens the window in which a non-atomic write would be seen half done
+def _record(writer: str, i: int, program: str) -> EvalRecord:
+    # a large error text widens the window in which a non-atomic write would be seen half done; the
+    # entry's program is the file's name (a cache entry must claim the program it is filed under)
     tag = f"{writer}:{i}"
-    return EvalRecord(task_id="t", code_sha256=tag, status="ok", correct=True, error=(tag + ";") * 4000,
-                      speedup=float(i), n_timing_rounds=i)
+    return EvalRecord(task_id="t", code_sha256=program, status="ok", correct=True, error=(tag + ";") * 4000,
+                      guard=tag, speedup=float(i), n_timing_rounds=i)
 
 
 def _consistent(record: EvalRecord) -> bool:
-    tag = record.code_sha256
+    tag = record.guard
     return record.error == (tag + ";") * 4000 and record.n_timing_rounds == int(tag.rsplit(":", 1)[1]) == record.speedup
 
 
@@ -55,7 +56,7 @@ def _hammer(cache_dir: str, worker: int) -> tuple[int, int, int]:
                 break
             path = rng.choice(paths)
             if rng.random() < 0.5:
-                eval_cache.store(path, _record(f"w{worker}.{thread}", i))
+                eval_cache.store(path, _record(f"w{worker}.{thread}", i, path.stem))
                 writes += 1
             else:
                 got = eval_cache.load(path)
@@ -88,7 +89,7 @@ def test_concurrent_writers_and_readers_never_see_a_torn_entry(tmp_path: Path):
     files = [p for p in entries if p.is_file()]
     assert sorted(p.name for p in files) == sorted(f"{n}.json" for n in range(N_PATHS)), "left-over temp files"
     for path in files:
-        assert _consistent(EvalRecord(**{k: v for k, v in json.loads(path.read_text()).items()}))
+        assert _consistent(from_row(EvalRecord, json.loads(path.read_text())))
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, oct(path.stat().st_mode)
     for folder in (p for p in entries if p.is_dir()):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask, (folder, oct(folder.stat().st_mode))
@@ -96,7 +97,7 @@ def test_concurrent_writers_and_readers_never_see_a_torn_entry(tmp_path: Path):
 
 def test_a_damaged_entry_is_a_miss_and_is_replaced(tmp_path: Path):
     path = tmp_path / "e.json"
-    good = _record("w", 7)
+    good = _record("w", 7, "e")
     eval_cache.store(path, good)
     text = path.read_text()
     for damaged in (text[: len(text) // 2], "", "[1, 2]"):

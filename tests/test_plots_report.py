@@ -87,18 +87,20 @@ def test_report_is_self_contained_and_escaped(analysed: Path):
     assert text.count("&lt;script&gt;") >= 3
     # summary, signal check, provenance and stage times are present
     assert "Signal check" in text and ("PASS" in text or "FAIL" in text)
-    assert "not</b> support" in text and "n = 6 tasks" in text
+    assert "not</b> support" in text and "with 6 tasks" in text
     assert "cafe" in text and "evaluate" in text and "3.25" in text
-    # tables rendered from the CSVs
-    for name in ("selection.csv", "sample_stats.csv", "scaling.csv", "signal.csv"):
+    # tables rendered from the CSVs, each with its unit
+    for name in ("selection.csv", "sample_stats.csv", "scaling.csv", "signal.csv", "outcomes.csv", "rejections.csv"):
         assert name in text
+    assert "unit: distinct correct programs" in text
     assert "<td>task02</td>" in text and "<td>surprisal_top3</td>" in text
-    # the findings: winner, each difference with its interval and verdict, length, spread, scaling
-    assert "Winning rule" in text and "95% CI" in text
+    # the findings: no winner by point estimate, each difference with its interval and verdict, length, spread
+    assert "Winning rule" not in text
+    assert re.search(r"No rule beats another|beats", text)
     assert "surprisal vs most confident" in text
-    assert re.search(r"not significant at n = 6 tasks|<b>significant</b>", text)
-    assert "Length: Over" in text and "partial rho" in text
-    assert "Log-prob spread" in text and "saturates" in text
+    assert re.search(r"tie \(interval includes the null\)|better \(interval excludes the null\)", text)
+    assert "Length: Over" in text and "distinct correct programs" in text
+    assert "Log-prob spread" in text and "within 2 points" in text
 
 
 def test_report_embeds_any_extra_png(analysed: Path, tmp_path: Path):

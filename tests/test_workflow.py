@@ -112,8 +112,10 @@ def test_bad_input_stops_before_anything_runs(workdir: Path, override: list[str]
 
 
 @pytest.mark.slow
-def test_tiny_run_then_incremental_reruns(workdir: Path):
-    snakemake(workdir, *tiny_args())
+def test_tiny_run_then_incremental_reruns(finished_tiny_run: Path, tmp_path: Path):
+    from conftest import clone_run
+
+    workdir = clone_run(finished_tiny_run, tmp_path / "work")  # the shared tiny run (tests/conftest.py)
     report = workdir / "results/tiny/report.html"
     html = report.read_text()
     assert html.count("data:image/png;base64,") >= 2
@@ -154,6 +156,12 @@ def test_tiny_run_then_incremental_reruns(workdir: Path):
 TTT_CONFIG = "ttt={'enabled': True, 'tasks': ['relu_where'], 'seeds': %s, 'steps': %d, 'k': 4, 'lora': {'rank': 4, 'alpha': 8}}"
 
 
+def selection_header_hash(exp: Path) -> str:
+    from vegtts.analysis.tables import read_table
+
+    return read_table(exp / "tables/selection.csv")[1]["config_hash"]
+
+
 def ttt_args(seeds: str = "[0]", steps: int = 1) -> list[str]:
     return ["--configfile", ".test/config/tiny_ttt.yaml", "--config", f"resources_dir={SHARED_RESOURCES}",
             TTT_CONFIG % (seeds, steps)]
@@ -186,8 +194,12 @@ def test_tiny_ttt_run_then_one_more_seed_or_step(workdir: Path):
     traj, _ = read_table(exp / "tables/ttt_trajectory.csv")
     assert sorted(zip(traj["step"], traj["batch"])) == [(0, "heldout"), (0, "train"), (1, "heldout"), (1, "train")]
     assert (traj["n_samples"] == 4).all()
-    probe, _ = read_table(exp / "tables/ttt_probe.csv")
-    assert list(probe["step"]) == [0, 1] and (probe["n_all"] == 4).all()
+    probe, probe_header = read_table(exp / "tables/ttt_probe.csv")
+    assert sorted(set(probe["step"])) == [0, 1] and probe_header["probe_seed"] == "200000"
+    all_rows = probe[probe["subset"] == "all"]
+    assert (all_rows["n_probe_samples"] == 4).all() and (all_rows["n_programs"] <= all_rows["n_samples"]).all()
+    assert probe_header["config_hash_scope"] == "all" and len(probe_header["config_hash"]) == 12
+    assert probe_header["config_hash"] != selection_header_hash(exp)  # the base analysis hashes all but ttt
     compute, _ = read_table(exp / "tables/ttt_compute.csv")
     update = compute[compute["method"] == "ttt_update"]
     assert len(update) == 1 and update["training_tokens"].iloc[0] > 0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import csv
+import errno
 import json
 import logging
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, TextIO
 
 log = logging.getLogger("vegtts")
 
@@ -34,12 +36,37 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- tasks ------------------------------------------------------------------------------------
+# --- tasks ---------------------------------------------------------------------------------
+_SUITE_DEFAULTS = {"suite": "builtin", "ids": "all", "level": 1}
+
+
 def _suite_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The `tasks` block: from --config (defaults filled by the schema), then any flag given."""
     if getattr(args, "suite_json", None):
         return args.suite_json
-    ids: Any = args.ids.split(",") if args.ids not in ("all", "default") else args.ids
-    return {"suite": args.suite, "ids": ids, "path": args.path, "level": args.level}
+    cfg: dict[str, Any] = dict(_SUITE_DEFAULTS)
+    if getattr(args, "config", None):
+        from .config import load_config
+
+        cfg = dict(load_config(args.config)["tasks"])
+    for key in ("suite", "path", "level", "shapes"):
+        if getattr(args, key, None) is not None:
+            cfg[key] = getattr(args, key)
+    if args.ids is not None:
+        from .tasks.splits import SPLIT_NAMES
+
+        cfg["ids"] = args.ids if args.ids in ("all", "default", *SPLIT_NAMES) else args.ids.split(",")
+    if getattr(args, "shape_scale", None) is not None:
+        cfg["shape_scale"] = args.shape_scale
+    if getattr(args, "shape_overrides", None) is not None:
+        cfg["shape_overrides"] = args.shape_overrides
+    return cfg
+
+
+def _command_line() -> str:
+    import shlex
+
+    return "vegtts " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def cmd_tasks_list(args: argparse.Namespace) -> int:
@@ -51,21 +78,89 @@ def cmd_tasks_list(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks_resolve(args: argparse.Namespace) -> int:
-    from .tasks import resolve_tasks_to_json
+    from .identity import task_key
+    from .tasks import load_tasks, resolve_tasks_to_json
 
-    resolve_tasks_to_json(args.suite_json, Path(args.out))
+    suite = dict(args.suite_json)
+    if args.task:
+        suite["ids"] = [args.task]
+    if args.key:  # the problem file must still be what the workflow planned with
+        found = {spec.task_id: task_key(spec.to_dict()) for spec in load_tasks(suite)}
+        if list(found.values()) != [args.key]:
+            raise ValueError(f"task {args.task!r}: its problem file changed since the workflow was planned (key "
+                             f"{args.key}, now {', '.join(found.values())}); rerun snakemake to plan with the new content")
+    resolve_tasks_to_json(suite, Path(args.out))
     return 0
 
 
-def cmd_tasks_validate(args: argparse.Namespace) -> int:
-    from .tasks import load_tasks, validate_suite
+EXIT_FINDINGS, EXIT_UNSCREENED = 1, 3
 
-    problems = validate_suite(load_tasks(_suite_from_args(args)))
-    bad = {task: found for task, found in problems.items() if found}
-    for task, found in problems.items():
-        print(f"{task}: {'OK' if not found else '; '.join(found)}")
-    print(f"{len(problems) - len(bad)} of {len(problems)} problems pass validation")
-    return 1 if bad else 0
+
+def cmd_tasks_validate(args: argparse.Namespace) -> int:
+    import math
+    import time
+
+    from .tasks import load_tasks
+    from .tasks.tables import run_facts, write_screen_table
+    from .tasks.validate import ScreenSettings, screen_suite
+
+    cfg = _suite_from_args(args)
+    specs = load_tasks(cfg)
+    settings = ScreenSettings(
+        threads=args.threads, memory_budget_mb=int(args.memory_budget_gb * 1024), timeout_s=args.timeout_s, isolate=not args.in_process
+    )
+    t0 = time.monotonic()
+    results = screen_suite(specs, settings)
+    seconds = time.monotonic() - t0
+    for r in results:
+        print(f"{r.task_id}: {'OK' if not r.findings else '; '.join(r.findings)}")
+    bad = [r for r in results if r.findings]
+    unscreened = [r for r in results if r.unscreened]
+    print(f"{len(results) - len(bad)} of {len(results)} problems pass validation; {len(unscreened)} could not be screened "
+          f"({seconds:.0f} s)")
+    if args.out:
+        peaks = [r.peak_rss_mb for r in results if math.isfinite(r.peak_rss_mb)]
+        facts = run_facts(_command_line(), seconds, max(peaks) if peaks else math.nan)
+        title = f"Screen of {cfg.get('suite')} {('level ' + str(cfg.get('level'))) if cfg.get('suite') == 'kernelbench' else ''} (shapes: {cfg.get('shapes', 'full')})"
+        write_screen_table(Path(args.out), results, {s.task_id: s.name for s in specs}, facts, title)
+    if unscreened:
+        return EXIT_UNSCREENED
+    return EXIT_FINDINGS if bad else 0
+
+
+def cmd_tasks_reduce(args: argparse.Namespace) -> int:
+    import math
+    import subprocess
+    import time
+
+    from .io import write_text
+    from .tasks import load_tasks
+    from .tasks.reduce import ReduceSettings, reduce_suite, write_table
+    from .tasks.tables import reduce_markdown, run_facts
+
+    cfg = {**_suite_from_args(args), "shapes": "full", "shape_scale": 1.0, "shape_overrides": {}}
+    if cfg.get("suite") != "kernelbench":
+        raise ValueError("vegtts tasks reduce makes tables of KernelBench problems: give --suite kernelbench --path CHECKOUT")
+    specs = load_tasks(cfg)
+    settings = ReduceSettings(target_ms=args.target_ms, threads=args.threads, memory_budget_mb=int(args.memory_budget_gb * 1024))
+    t0 = time.monotonic()
+    reductions = reduce_suite(specs, settings)
+    seconds = time.monotonic() - t0
+    commit = "not a git checkout"
+    if (Path(cfg["path"]) / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(cfg["path"]), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
+    write_table(reductions, Path(args.out), settings, {"kernelbench_commit": commit}, merge=not args.no_merge)
+    in_range = sum(r.in_range for r in reductions)
+    print(f"{in_range} of {len(reductions)} problems reduced to [1, 200] ms; table: {args.out} ({seconds:.0f} s)")
+    if args.report:
+        peaks = [r.peak_rss_mb for r in reductions if math.isfinite(r.peak_rss_mb)]
+        facts = run_facts(_command_line(), seconds, max(peaks) if peaks else math.nan)
+        write_text(args.report, reduce_markdown(reductions, {s.task_id: s.name for s in specs}, facts, settings.target_ms, args.out))
+    return 0 if in_range == len(reductions) else EXIT_FINDINGS
 
 
 # --- model ------------------------------------------------------------------------------------
@@ -88,12 +183,37 @@ def sampler_settings(settings: dict[str, Any], seed: int) -> dict[str, Any]:
     return mapped
 
 
+def with_runtime(settings: dict[str, Any], runtime: dict[str, Any] | None) -> dict[str, Any]:
+    """Identity settings (a job's params) completed by the runtime settings (vegtts.plan.*_runtime),
+    block by block; identity wins where both name a key."""
+    merged = dict(settings)
+    for key, value in (runtime or {}).items():
+        if isinstance(value, dict):
+            merged[key] = {**value, **(merged.get(key) or {})}
+        else:
+            merged.setdefault(key, value)
+    return merged
+
+
+def verified(*paths: str | Path) -> None:
+    """Check input artifacts against their digests before a stage reads them."""
+    from .io import verify_artifact
+
+    for path in paths:
+        if path:
+            verify_artifact(path)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
+    from .models import ensure_model
     from .sampling import run_sampling
 
     torch.set_num_threads(args.threads)
+    args.settings = with_runtime(args.settings, args.runtime)
+    verified(args.tasks, args.adapter)
+    ensure_model(args.model)
     backend = args.settings.get("backend", "transformers")
     if backend != "transformers":
         from .sampling.remote import run_remote_sampling
@@ -107,6 +227,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             model_path=args.model,
             out_parquet=Path(args.out),
             policy=args.policy,
+            adapter_path=args.adapter or None,
         )
         return 0
     run_sampling(
@@ -126,8 +247,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_samples_file
     from .tasks import read_tasks_json
 
+    verified(args.tasks)
     spec = read_tasks_json(Path(args.tasks))[args.task]
-    settings = dict(args.settings)
+    settings = with_runtime(args.settings, args.runtime)
     if args.workers:
         settings["max_parallel"] = args.workers
     evaluate_samples_file(Path(args.samples), spec, settings, Path(args.cache), Path(args.out))
@@ -137,14 +259,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # --- analysis, figures, report ----------------------------------------------------------------
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import run_analysis
+    from .analysis.provenance import run_provenance
     from .io import provenance
 
+    verified(*args.samples, *args.evaluations, *args.tasks)
     run_analysis(
         sample_paths=[Path(p) for p in args.samples],
         eval_paths=[Path(p) for p in args.evaluations],
         settings=args.settings,
-        provenance=provenance(config_hash=args.config_hash),
+        provenance=run_provenance(provenance(), args.config_hash, args.store_keys, args.config_hash_scope),
         out_dir=Path(args.out),
+        tasks_path=[Path(p) for p in args.tasks],
     )
     return 0
 
@@ -156,36 +281,35 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
-def stage_times_from_benchmarks(artifacts: list[str]) -> dict[str, dict[str, float]]:
-    """Sum Snakemake benchmark files (`<artifact>.benchmark.tsv`) per stage (samples/evaluations)."""
-    totals: dict[str, dict[str, float]] = {}
-    for artifact in artifacts:
-        path = Path(artifact)
-        bench = path.with_name(path.stem + ".benchmark.tsv")
-        stage = "sample" if "/samples/" in str(path) else "evaluate"
-        entry = totals.setdefault(stage, {"jobs": 0, "seconds": 0.0})
-        if not bench.is_file():
-            continue
-        with bench.open() as f:
-            for row in csv.DictReader(f, delimiter="\t"):
-                entry["jobs"] += 1
-                entry["seconds"] += float(row["s"])
-    return totals
-
-
 def cmd_report(args: argparse.Namespace) -> int:
+    from .analysis.provenance import code_version
     from .io import provenance
-    from .report import make_report
+    from .report import make_report, stage_times_from_benchmarks
 
     make_report(
         tables_dir=Path(args.tables),
         figures_dir=Path(args.figures),
         config=args.config,
-        provenance=provenance(),
-        stage_times=stage_times_from_benchmarks(args.timings or []),
+        provenance=provenance(code=code_version()),
+        stage_times=stage_times_from_benchmarks(args.timings or [], args.ttt_timings or []),
         out_html=Path(args.out),
         ttt=args.ttt,
     )
+    return 0
+
+
+def cmd_readme_section(args: argparse.Namespace) -> int:
+    from .report import write_readme_section
+
+    changed = write_readme_section(Path(args.experiment), Path(args.readme), check=args.check)
+    if args.check:
+        if changed:
+            log.error("%s: the measured section differs from what %s's tables give; run `vegtts readme-section %s`",
+                      args.readme, args.experiment, args.experiment)
+            return 1
+        log.info("%s: the measured section matches %s", args.readme, args.experiment)
+        return 0
+    log.info("%s: measured section %s", args.readme, "rewritten" if changed else "already up to date")
     return 0
 
 
@@ -200,9 +324,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_ttt_update(args: argparse.Namespace) -> int:
     import torch
 
+    from .models import ensure_model
     from .ttt import run_ttt_update
 
     torch.set_num_threads(args.threads)
+    verified(*args.samples, *args.evaluations, args.previous)
+    ensure_model(args.model)
     run_ttt_update(args.samples, args.evaluations, args.model, Path(args.out), args.settings,
                    previous_adapter=args.previous or None, step=args.step)
     return 0
@@ -211,32 +338,41 @@ def cmd_ttt_update(args: argparse.Namespace) -> int:
 def cmd_ttt_score(args: argparse.Namespace) -> int:
     import torch
 
+    from .models import ensure_model
     from .scoring import run_scoring
 
     torch.set_num_threads(args.threads)
-    run_scoring(args.samples, args.model, args.adapter or None, args.scorer, Path(args.out), micro_batch=args.micro_batch)
+    verified(*args.samples, args.adapter)
+    ensure_model(args.model)
+    run_scoring(args.samples, args.model, args.adapter or None, args.scorer, Path(args.out), micro_batch=args.micro_batch,
+                backend=args.backend, vllm_settings=args.vllm_settings)
     return 0
 
 
 def ttt_manifest_of(config: dict[str, Any]) -> dict[str, Any]:
     """The TTT artifacts of an experiment config, exactly as the workflow plans them."""
     from .config import validate_config
-    from .plan import build_plan, model_location
-    from .tasks import list_task_ids
+    from .plan import plan_from_config
 
-    cfg = validate_config(config)
-    plan = build_plan(cfg, list_task_ids(cfg["tasks"]), *model_location(cfg["model"]["source"], cfg["resources_dir"]))
+    plan = plan_from_config(validate_config(config))
     if plan.ttt is None:
         raise ValueError("config key 'ttt.enabled' is false: there is nothing to analyse")
     return plan.ttt_manifest()
 
 
 def cmd_ttt_analyze(args: argparse.Namespace) -> int:
+    from .analysis.provenance import run_provenance
     from .analysis.ttt import run_ttt_analysis
+    from .config import validate_config
     from .io import provenance
+    from .plan import plan_from_config
 
-    run_ttt_analysis(ttt_manifest_of(args.config), provenance(config_hash=args.config_hash), Path(args.out),
-                     variant=args.config["analysis"]["primary_variant"])
+    verified(*plan_from_config(validate_config(args.config)).ttt_files())
+    analysis = args.config.get("analysis", {})
+    prov = run_provenance(provenance(), args.config_hash, args.store_keys, args.config_hash_scope)
+    run_ttt_analysis(ttt_manifest_of(args.config), prov,
+                     Path(args.out), variant=analysis.get("primary_variant", "mean_code"),
+                     n_boot=int(analysis.get("bootstrap", 1000)), seed=int(args.config.get("seed", 0)))
     return 0
 
 
@@ -265,14 +401,53 @@ def _add_ttt_parsers(sub: Any) -> None:
     p.add_argument("--scorer", required=True, help="name of the scoring policy stored with the scores")
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
+                   help="transformers (the model in this process) or vllm (vLLM prompt log-probs)")
+    p.add_argument("--vllm-settings", type=_json_arg, default=None, help="sampling.vllm settings as JSON (backend vllm)")
     p.add_argument("--out", required=True)
     p = _add(ttt, "analyze", cmd_ttt_analyze, "TTT tables: trajectory, selection, probe, compute, equal budget")
     p.add_argument("--config", type=_json_arg, required=True, help="the experiment config as JSON (its plan lists the inputs)")
-    p.add_argument("--config-hash", default="")
+    p.add_argument("--config-hash", default="", help="hash of the experiment config (written into every table)")
+    p.add_argument("--config-hash-scope", default="", help="which config keys the hash covers (written next to it)")
+    p.add_argument("--store-keys", type=_json_arg, default={}, help="store keys of the inputs as JSON (written into every table)")
     p.add_argument("--out", required=True)
     p = _add(ttt, "figures", cmd_ttt_figures, "TTT trajectory and probe figures from the TTT tables")
     p.add_argument("--tables", required=True)
     p.add_argument("--out", required=True)
+
+
+# --- store ------------------------------------------------------------------------------------
+def cmd_store_verify(args: argparse.Namespace) -> int:
+    from .store import verify_store
+
+    planned: list[str] = []
+    if args.configfile:
+        from .config import load_config
+        from .plan import plan_from_config
+
+        cfg = load_config(args.configfile)
+        if Path(cfg["results_dir"]).resolve() != Path(args.results).resolve():
+            raise ValueError(f"{args.configfile} writes to results_dir {cfg['results_dir']!r}, not {args.results!r}")
+        planned = plan_from_config(cfg).store_artifacts()
+    report = verify_store(args.results, repair=not args.dry_run, planned=planned)
+    for line in report.lines():
+        print(line)
+    bad = len(report.corrupt) + len(report.stale) + len(report.bad_cache_entries)
+    print(f"{report.checked} artifact(s) hashed and checked, {bad} bad, {len(report.missing)} missing"
+          + ("" if args.dry_run or not bad else "; bad ones moved aside") + (": the store is whole" if report.whole else ""))
+    return 0 if report.whole else 1
+
+
+def _add_store_parsers(sub: Any) -> None:
+    store = sub.add_parser("store", help="the content-addressed store: integrity and completeness")
+    actions = store.add_subparsers(dest="action", required=True)
+    p = _add(actions, "verify", cmd_store_verify,
+             "hash every artifact of <results>/store against its manifest and check every evaluation-cache "
+             "entry; move corrupt and stale ones to <results>/store/quarantine/ so the next snakemake run "
+             "regenerates them (exit 1 if anything was wrong)")
+    p.add_argument("results", nargs="?", default="results", help="the workflow's results_dir (default: results)")
+    p.add_argument("--configfile", help="also list the artifacts this experiment plans that are missing")
+    p.add_argument("--dry-run", action="store_true", help="report only; move nothing")
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -282,16 +457,26 @@ def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_te
     return parser
 
 
-def _add_suite_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--suite", default="builtin", choices=["builtin", "dir", "kernelbench", "builtin_gpu"])
-    parser.add_argument("--ids", default="all", help="comma-separated ids, 'all' or 'default'")
+def _add_suite_options(parser: argparse.ArgumentParser, shapes: bool = False) -> None:
+    parser.add_argument("--config", default=None, help="take the `tasks` block of this config file (flags given override it)")
+    parser.add_argument("--suite", default=None, choices=["builtin", "dir", "kernelbench", "builtin_gpu"], help="default builtin")
+    parser.add_argument("--ids", default=None, help="comma-separated ids, 'all', 'default' or a KernelBench split name "
+                        "(paper_seed42_eval, paper_subset1, ...); default all")
     parser.add_argument("--path", default=None, help="problem folder (dir) or KernelBench checkout")
-    parser.add_argument("--level", type=int, default=1, help="KernelBench level")
+    parser.add_argument("--level", type=int, default=None, help="KernelBench level (default 1)")
+    if shapes:
+        parser.add_argument("--shapes", default=None, help="tasks.shapes: full, reduced (the packaged CPU table) or a table file")
+        parser.add_argument("--shape-scale", type=float, default=None, help="tasks.shape_scale: multiplies the batch dimensions")
+        parser.add_argument("--shape-overrides", type=_json_arg, default=None,
+                            help='tasks.shape_overrides as JSON, e.g. \'{"19": {"batch_size": 64}}\'')
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vegtts", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log", default="",
+                        help="write all output (logging, progress, child processes) to this file; a failure is "
+                             "also named in one line on the original stderr (how workflow jobs run)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     config = sub.add_parser("config", help="check a config file").add_subparsers(dest="action", required=True)
@@ -301,11 +486,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     tasks = sub.add_parser("tasks", help="task suites").add_subparsers(dest="action", required=True)
     p = _add(tasks, "list", cmd_tasks_list, "list the task ids of a suite")
+    _add_suite_options(p, shapes=True)
+    p = _add(tasks, "validate", cmd_tasks_validate,
+             "screen problems (degenerate outputs, determinism, memory, timing) as the evaluator runs them; exit 0 = all "
+             "pass, 1 = findings, 3 = some problems could not be screened (memory, timeout, crash), 2 = bad arguments")
+    _add_suite_options(p, shapes=True)
+    p.add_argument("--memory-budget-gb", type=float, default=4.0, help="memory one problem's screen may add (default 4)")
+    p.add_argument("--timeout-s", type=float, default=600.0, help="wall-clock limit per problem (default 600)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads, as the evaluator's `threads` (default 1)")
+    p.add_argument("--in-process", action="store_true", help="no child process per problem (no memory or time limit)")
+    p.add_argument("--out", default=None, help="also write a table: .md, .csv or .json by suffix")
+    p = _add(tasks, "reduce", cmd_tasks_reduce,
+             "fit KernelBench problems' shapes to a reference time on this CPU and write a table for tasks.shapes "
+             "(exit 1 if some problem stays outside [1, 200] ms)")
     _add_suite_options(p)
-    p = _add(tasks, "validate", cmd_tasks_validate, "screen problems for degenerate outputs (exit 1 if any fails)")
-    _add_suite_options(p)
-    p = _add(tasks, "resolve", cmd_tasks_resolve, "resolve a suite into a tasks.json of task specs")
+    p.add_argument("--target-ms", type=float, default=15.0, help="reference time per call to aim for (default 15)")
+    p.add_argument("--memory-budget-gb", type=float, default=4.0, help="memory one measurement may add (default 4)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while measuring (default 1)")
+    p.add_argument("--out", required=True, help="the shape table (YAML) to write or update")
+    p.add_argument("--no-merge", action="store_true", help="replace --out instead of updating its entries")
+    p.add_argument("--report", default=None, help="also write a markdown report of the reduction")
+    p = _add(tasks, "resolve", cmd_tasks_resolve, "resolve a suite (or one task of it) into a tasks.json of task specs")
     p.add_argument("--suite", dest="suite_json", type=_json_arg, required=True, help="suite settings as JSON")
+    p.add_argument("--task", default="", help="resolve only this task id")
+    p.add_argument("--key", default="", help="the task key the workflow planned (fails if the problem file changed)")
     p.add_argument("--out", required=True)
 
     model = sub.add_parser("model", help="model preparation").add_subparsers(dest="action", required=True)
@@ -321,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", type=_json_arg, required=True, help="sampling + prompt settings as JSON")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--adapter", default="", help="LoRA adapter folder on top of the model (a TTT checkpoint)")
+    p.add_argument("--runtime", type=_json_arg, default=None,
+                   help="settings that are not part of the samples' identity (server address, timeouts), merged into --settings")
     p.add_argument("--out", required=True)
 
     p = _add(sub, "evaluate", cmd_evaluate, "check and time every sample of one task")
@@ -330,13 +536,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", type=_json_arg, required=True, help="evaluation settings as JSON")
     p.add_argument("--cache", required=True, help="per-candidate cache folder")
     p.add_argument("--workers", type=int, default=0, help="parallel correctness workers (0 = all cores)")
+    p.add_argument("--runtime", type=_json_arg, default=None,
+                   help="evaluation settings that are not part of a verdict's identity (e.g. gpus), merged into --settings")
     p.add_argument("--out", required=True)
 
     p = _add(sub, "analyze", cmd_analyze, "tables: sample statistics, selection rules, scaling, signal check")
     p.add_argument("--samples", nargs="+", required=True)
     p.add_argument("--evaluations", nargs="+", required=True)
     p.add_argument("--settings", type=_json_arg, required=True)
-    p.add_argument("--config-hash", default="")
+    p.add_argument("--config-hash", default="", help="hash of the experiment config (written into every table)")
+    p.add_argument("--config-hash-scope", default="", help="which config keys the hash covers (written next to it)")
+    p.add_argument("--store-keys", type=_json_arg, default={}, help="store keys of the inputs as JSON (written into every table)")
+    p.add_argument("--tasks", nargs="*", default=[], help="tasks.json files: validation findings per task (and analysis.exclude_flagged)")
     p.add_argument("--out", required=True)
 
     p = _add(sub, "figures", cmd_figures, "figures (PNG + PDF) from the analysis tables")
@@ -348,31 +559,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", required=True)
     p.add_argument("--config", type=_json_arg, required=True, help="the experiment config as JSON")
     p.add_argument("--timings", nargs="*", help="sample/evaluation artifacts whose benchmark files give stage times")
+    p.add_argument("--ttt-timings", nargs="*", help="TTT artifacts (batches, probe, adapters, scores) whose benchmark files give the TTT stage times")
     p.add_argument("--ttt", action="store_true", help="add the TTT section (tables ttt_*.csv, figures ttt_*.png)")
     p.add_argument("--out", required=True)
+
+    p = _add(sub, "readme-section", cmd_readme_section,
+             "write the README's measured section (between its vegtts:measured markers) from a run's tables")
+    p.add_argument("experiment", help="the run's results folder, e.g. results/default (with tables/)")
+    p.add_argument("--readme", default="README.md", help="the README to update (default: README.md)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the section is not what the tables give")
 
     p = _add(sub, "compare", cmd_compare, "one HTML report comparing two or more experiments side by side")
     p.add_argument("experiments", nargs="+", help="experiment result folders (results/<exp>/ with tables/ and figures/)")
     p.add_argument("--out", required=True, help="the comparison report.html")
     _add_ttt_parsers(sub)
+    _add_store_parsers(sub)
     return parser
+
+
+def redirect_output(log_path: str) -> TextIO:
+    """Send this process's stdout and stderr (and its children's) to `log_path`; return a stream on
+    the original stderr, for the one line that names a failure where the caller sees it."""
+    original = os.fdopen(os.dup(2), "w", buffering=1)
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return original
+
+
+def failure_message(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f" writing {err.filename}" if err.filename else ""
+        return (f"No space left on device{where} ({err}); free space on that filesystem (df -h) and rerun: "
+                "finished artifacts are kept, the interrupted one was not written")
+    return str(err)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    original_stderr = redirect_output(args.log) if args.log else None
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+    def tell_caller(message: str) -> None:
+        if original_stderr is not None:
+            print(f"vegtts {args.command}: {message} (log: {args.log})", file=original_stderr, flush=True)
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        # Bad input gets one clear line; -v shows the traceback.
-        if args.verbose:
+    except (ValueError, FileNotFoundError, OSError) as err:
+        # Bad input or a full disk gets one clear line; -v shows the traceback.
+        message = failure_message(err)
+        tell_caller(message)
+        if args.verbose or (isinstance(err, OSError) and not isinstance(err, FileNotFoundError)
+                            and err.errno != errno.ENOSPC):
             raise
-        log.error("%s (rerun with -v for the traceback)", err)
+        log.error("%s (rerun with -v for the traceback)", message)
         return 2
+    except Exception as err:
+        tell_caller(f"failed: {type(err).__name__}: {failure_message(err)}")
+        raise
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -110,38 +111,103 @@ def describe_error(error: Any) -> str:
         want = error.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
         return f"config key '{key}': {value!r} has the wrong type (expected {want})"
+    if kind == "minItems" and error.validator_value == 1 and value == []:
+        return f"config key '{key}': an empty list is not allowed (give at least one item){_described(error)}"
+    if kind == "minLength" and value == "":
+        return f"config key '{key}': an empty string is not allowed{_described(error)}"
     if kind in ("minItems", "maxItems", "uniqueItems", "minLength", "pattern"):
         return f"config key '{key}': {value!r} is not allowed ({error.message})"
     if kind == "oneOf" and error.context:
         from jsonschema.exceptions import best_match
 
-        return describe_error(best_match(error.context))
+        # describe the alternative whose type the value has (an empty list is not "the wrong type
+        # (expected string)": it is a list that may not be empty)
+        by_branch: dict[Any, list[Any]] = {}
+        for sub in error.context:
+            by_branch.setdefault(sub.relative_schema_path[0] if sub.relative_schema_path else None, []).append(sub)
+        typed = [errs for errs in by_branch.values() if not any(e.validator == "type" for e in errs)]
+        chosen = best_match(typed[0] if len(typed) == 1 else error.context)
+        chosen.parent_description = error.schema.get("description", "")
+        return describe_error(chosen)
     if kind == "oneOf":
         options = [s.get("enum") or s.get("type") for s in error.validator_value]
         return f"config key '{key}': {value!r} is not allowed (expected one of: {options})"
     return f"config key '{key}': {error.message}"
 
 
+def _described(error: Any) -> str:
+    text = getattr(error, "parent_description", "") or error.schema.get("description", "")
+    return f". Allowed: {text.strip()}" if text else ""
+
+
+def _validator_class() -> Any:
+    """Draft 2020-12, but `integer` means an int: JSON Schema lets 4.0 pass as an integer, and a
+    float where the code expects a count (sampling.k: 4.0) validates, gets its own key, then crashes."""
+    from jsonschema import Draft202012Validator, validators
+
+    def is_int(_checker: Any, instance: Any) -> bool:
+        return isinstance(instance, int) and not isinstance(instance, bool)
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine("integer", is_int)
+    return validators.extend(Draft202012Validator, type_checker=checker)
+
+
+def _is_root(path: str) -> bool:
+    expanded = os.path.expanduser(path)
+    return os.path.exists(expanded) and os.path.samefile(expanded, "/")
+
+
+def semantic_errors(cfg: dict[str, Any]) -> list[str]:
+    """Problems the schema cannot express: dangerous folders, keys that must agree with each other."""
+    errors = []
+    for key in ("results_dir", "resources_dir"):
+        value = cfg.get(key, "")
+        if isinstance(value, str) and value and (not value.strip() or _is_root(value)):
+            errors.append(f"config key '{key}': {value!r} is not allowed (the workflow writes and moves files "
+                          "there: give a folder of its own, e.g. 'results')")
+    k_values = cfg.get("analysis", {}).get("k_values")
+    k = cfg.get("sampling", {}).get("k")
+    if isinstance(k_values, list) and isinstance(k, int):
+        too_big = [v for v in k_values if isinstance(v, int) and v > k]
+        if too_big:
+            errors.append(f"config key 'analysis.k_values': {too_big} exceed sampling.k = {k} (fast_p@k and best "
+                          f"speedup@k need k <= K samples per task); use values <= {k}, or 'auto'")
+    return errors
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults and validate; raise ConfigError listing every problem found."""
-    from jsonschema import Draft202012Validator
-
     schema = load_schema()
     if config is None:
         config = {}
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a mapping of keys to values, got {type(config).__name__}")
     filled = fill_defaults(coerce_strings(config, schema), schema)
-    validator = Draft202012Validator(schema)
+    validator = _validator_class()(schema)
     errors = sorted(validator.iter_errors(filled), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(describe_error(e) for e in errors))
+    messages = [describe_error(e) for e in errors] or semantic_errors(filled)
+    if messages:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(messages))
     return filled
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a syntax error names the file, line and column."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = " ".join(p for p in (err.context, err.problem) if p)
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read a YAML config, merge `overrides` (nested dicts), fill defaults and validate."""
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    raw = load_yaml(path) or {}
     if overrides:
         raw = deep_merge(raw, overrides)
     return validate_config(raw)

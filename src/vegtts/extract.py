@@ -161,11 +161,32 @@ def assemble_program(spec: TaskSpec, fmt: str, code: str) -> str:
     return _with_imports(reference + new)
 
 
+PREFIX_WINDOW = 8  # tokens decoded before each token to measure its length in context
+EXACT_PREFIX_LIMIT = 4096  # up to this many tokens, a windowed result that disagrees is redone exactly
+
+
+def _exact_prefix_lengths(ids: list[int], tokenizer: Any) -> list[int]:
+    return [0] + [len(tokenizer.decode(ids[:i], skip_special_tokens=True)) for i in range(1, len(ids) + 1)]
+
+
 def prefix_char_offsets(token_ids: Sequence[int], tokenizer: Any) -> list[int]:
-    """offsets[i] = length of the text decoded from token_ids[:i] (non-decreasing)."""
+    """offsets[i] = length of the text decoded from token_ids[:i] (non-decreasing), in linear time.
+
+    Token i adds len(decode(ids[i-W:i+1])) - len(decode(ids[i-W:i])) characters: decoding a few
+    tokens before it keeps what depends on context (leading spaces, multi-byte characters split
+    over tokens) the same on both sides. If the sum disagrees with the decoded whole, short
+    sequences are redone exactly (decoding every prefix, quadratic).
+    """
+    ids = [int(t) for t in token_ids]
+    lengths = [0]
+    for i in range(1, len(ids) + 1):
+        lo = max(0, i - 1 - PREFIX_WINDOW)
+        grown = len(tokenizer.decode(ids[lo:i], skip_special_tokens=True)) - len(tokenizer.decode(ids[lo:i - 1], skip_special_tokens=True))
+        lengths.append(lengths[-1] + grown)
+    if ids and lengths[-1] != len(tokenizer.decode(ids, skip_special_tokens=True)) and len(ids) <= EXACT_PREFIX_LIMIT:
+        lengths = _exact_prefix_lengths(ids, tokenizer)
     offsets = [0]
-    for i in range(1, len(token_ids) + 1):
-        n = len(tokenizer.decode(list(token_ids[:i]), skip_special_tokens=True))
+    for n in lengths[1:]:
         offsets.append(max(n, offsets[-1]))
     return offsets
 

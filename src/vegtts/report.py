@@ -7,6 +7,7 @@ comes from data, config or provenance goes through html.escape (completions may 
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import json
 import logging
@@ -17,11 +18,11 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from vegtts.analysis import claims
 from vegtts.analysis.definitions import DEFINITIONS
 from vegtts.analysis.run import TABLE_FILES
 from vegtts.analysis.tables import flatten, read_table
 from vegtts.io import write_text
-from vegtts.plots import RULE_STYLE, _primary, primary_rules
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ FIGURE_CAPTIONS = {
               "resampled) against each selection rule at k = K (bars: 95% CI); other policies dotted.",
     "surprisal_quartiles": "Correct samples by NLL quartile (Q1 most confident .. Q4 most surprising), quartiles cut "
                            "within each task and globally: share fast_1 and geometric-mean speedup.",
-    "length_speedup": "Speedup of correct samples against length and NLL, with Spearman rho and the partial rho of NLL "
-                      "and speedup given length.",
+    "length_speedup": "Speedup of distinct correct programs (marker area: copies) against length and NLL, with Spearman "
+                      "rho and the partial rho of NLL and speedup given length over programs, each with its task-clustered "
+                      "95% interval.",
     "rule_wins": "Per task: each rule's selected speedup relative to the oracle (grey: no correct sample); dots mark "
                  "the best non-oracle rule(s) of the task.",
 }
@@ -57,9 +59,6 @@ FIGURE_CAPTIONS = {
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
-
-def _pct(x: float) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.0f}%"
 
 
 def _fmt_cell(v: Any) -> Any:
@@ -92,92 +91,87 @@ def _read(tables_dir: Path, name: str) -> tuple[pd.DataFrame, dict[str, str]]:
     return read_table(path)
 
 
+def _benchmark_file(artifact: Path) -> Path:
+    """The Snakemake benchmark file of an artifact (a TTT adapter folder: its update's)."""
+    if artifact.name == "adapter":
+        return artifact.parent / "update.benchmark.tsv"
+    return artifact.with_name(artifact.stem + ".benchmark.tsv")
+
+
+def _stage_of(artifact: Path, ttt: bool) -> str:
+    text = str(artifact)
+    if artifact.name == "adapter" or "/ttt/" in text:
+        return "ttt_update"
+    if "/scores/" in text:
+        return "ttt_score"
+    stage = "sample" if "/samples/" in text else "evaluate"
+    return f"ttt_{stage}" if ttt else stage
+
+
+def stage_times_from_benchmarks(artifacts: list[str], ttt_artifacts: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Sum Snakemake benchmark files per stage: sample and evaluate for the base samples, and
+    ttt_sample, ttt_evaluate (TTT batches and the probe's samples), ttt_update, ttt_score for TTT."""
+    totals: dict[str, dict[str, float]] = {}
+    seen: set[Path] = set()
+    for artifact, ttt in [(a, False) for a in artifacts] + [(a, True) for a in (ttt_artifacts or [])]:
+        path = Path(artifact)
+        bench = _benchmark_file(path)
+        entry = totals.setdefault(_stage_of(path, ttt), {"jobs": 0, "seconds": 0.0})
+        if bench in seen or not bench.is_file():
+            continue
+        seen.add(bench)
+        with bench.open() as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                entry["jobs"] += 1
+                entry["seconds"] += float(row["s"])
+    if ttt_artifacts:
+        ttt_total = {"jobs": sum(v["jobs"] for k, v in totals.items() if k.startswith("ttt_")),
+                     "seconds": sum(v["seconds"] for k, v in totals.items() if k.startswith("ttt_"))}
+        totals["ttt (all)"] = ttt_total
+    totals["all"] = {"jobs": sum(v["jobs"] for k, v in totals.items() if k != "ttt (all)"),
+                     "seconds": sum(v["seconds"] for k, v in totals.items() if k != "ttt (all)")}
+    return totals
+
+
+def render(sentence: str) -> str:
+    """A claims sentence as HTML: escaped, **bold** marks turned into <b>."""
+    parts = esc(sentence).split("**")
+    return "".join(f"<b>{x}</b>" if i % 2 else x for i, x in enumerate(parts))
+
+
 def summary_paragraphs(tables: Mapping[str, pd.DataFrame], header: Mapping[str, str]) -> list[str]:
-    """Plain-language findings computed from the tables (returned as escaped HTML paragraphs)."""
-    sel, stats, signal = tables["selection"], tables["sample_stats"], tables["signal"]
-    paras: list[str] = []
+    """The first screen: only what the tables' intervals support (vegtts.analysis.claims)."""
+    sel = tables["selection"]
     if sel.empty:
         return ["<p>No selection table was produced.</p>"]
-    policy, variant = _primary(dict(header), sel)
-    pstats = stats[stats["policy"].astype(str) == policy] if not stats.empty else stats
-    if not pstats.empty:
-        n = pstats["n_samples"].sum()
-        w = pstats["n_samples"] / n
-        paras.append(
-            f"<p>Policy <b>{esc(policy)}</b>: {int(n)} samples over {len(pstats)} tasks; "
-            f"{_pct(float((w * pstats['share_correct']).sum()))} correct, "
-            f"{_pct(float((w * pstats['share_fast_1']).sum()))} fast_1 (correct and faster than the reference), "
-            f"{_pct(float((w * pstats['share_fast_1_sig']).sum()))} fast_1_sig (faster beyond timing noise).</p>")
-
-    rules = primary_rules(sel, policy, variant)
-    rate = dict(zip(rules["rule"], rules["success_rate"]))
-    n_tasks = int(rules["n_tasks"].max())
-    contenders = rules[rules["rule"] != "oracle"].sort_values("success_rate", ascending=False, kind="mergesort")
-    if not contenders.empty:
-        best = contenders.iloc[0]
-        ties = contenders[np.isclose(contenders["success_rate"], best["success_rate"])]["rule"].tolist()
-        names = " and ".join(RULE_STYLE.get(r, {"label": r})["label"] for r in ties)
-        ci = (f" (95% CI {_pct(best['success_lo'])} to {_pct(best['success_hi'])})"
-              if np.isfinite(best["success_lo"]) else "")
-        text = (f"On task success (surprisal variant {esc(variant)}), the best non-oracle rule is <b>{esc(names)}</b> "
-                f"with {_pct(best['success_rate'])}{esc(ci)}; the oracle reaches {_pct(rate.get('oracle', math.nan))}, "
-                f"the exact random-correct expectation {_pct(rate.get('random', math.nan))}, "
-                f"most-confident {_pct(rate.get('most_confident', math.nan))} and surprisal "
-                f"{_pct(rate.get('surprisal', math.nan))}.")
-        sig = contenders[np.isfinite(contenders["diff_lo"]) & ((contenders["diff_lo"] > 0) | (contenders["diff_hi"] < 0))]
-        sig = sig[sig["rule"] != "random"]
-        if len(sig):
-            text += " Differences to random whose paired 95% CI excludes 0: " + ", ".join(
-                f"{esc(RULE_STYLE.get(r['rule'], {'label': r['rule']})['label'])} "
-                f"({100 * r['diff_vs_random']:+.0f} points)" for _, r in sig.iterrows()) + "."
-        elif contenders["diff_lo"].notna().any():
-            text += " No rule's paired 95% CI of the difference to random excludes 0."
-        paras.append(f"<p>{text}</p>")
-
-    if not signal.empty:
-        items = []
-        for _, r in signal.iterrows():
-            ok = str(r["pass"]).lower() == "true"
-            value = f"{100 * r['value']:.0f}%" if r["check"] == "share_correct" else f"{int(r['value'])}"
-            target = f"{100 * r['target']:.0f}%" if r["check"] == "share_correct" else f"{int(r['target'])}"
-            items.append(f"{esc(r['description'])}: {value} (target &ge; {target}) "
-                         f"<span class=\"{'pass' if ok else 'fail'}\">{'PASS' if ok else 'FAIL'}</span>")
-        all_ok = signal["pass"].astype(str).str.lower().eq("true").all()
-        verdict = ("The experiment has enough signal for selection to matter." if all_ok else
-                   "The signal check fails: selection results from this run carry little information.")
-        paras.append("<p>Signal check: " + "; ".join(items) + f". {verdict}</p>")
-
-    half = rules["diff_hi"] - rules["diff_lo"]
-    half = half[(rules["rule"] != "random") & np.isfinite(half)] / 2
-    if len(half):
-        resolution = float(np.median(half))
-        how = (f"the paired bootstrap CIs of rule-vs-random differences have a median half-width of about "
-               f"{100 * resolution:.0f} points")
-    else:  # no bootstrap: 1.96 * sqrt(2 * 0.25 / n), the half-width for two independent rates near 50%
-        resolution = 1.39 / math.sqrt(max(n_tasks, 1))
-        how = f"a normal approximation puts the 95% half-width of a difference at about {100 * resolution:.0f} points"
-    limits = [
-        f"with n = {n_tasks} tasks, one task moves a success rate by {100 / max(n_tasks, 1):.0f} points, and {how}, "
-        f"so differences under ~{100 * resolution:.0f} points are not distinguishable (percentile bootstrap "
-        "intervals are optimistic at small n)",
-        "every rule, random included, picks among samples already known to be correct, so it presupposes checking every "
-        "sample; the oracle and top-3 rules also time several candidates (column mean_n_timed)",
-        "the four surprisal variants are four looks at the same data: a single variant that beats random is weak "
-        "evidence unless the primary variant was fixed in advance (it is: " + esc(variant) + ")",
-    ]
-    if not pstats.empty:
-        f1 = float((pstats["share_fast_1"] * pstats["n_samples"]).sum())
-        f1s = float((pstats["share_fast_1_sig"] * pstats["n_samples"]).sum())
-        if f1 > 0:
-            limits.append(f"{_pct(1 - f1s / f1)} of the fast_1 samples are not faster beyond timing noise "
-                          "(fast_1 but not fast_1_sig), so part of any fast_1 rate is noise")
-    paras += findings_paragraphs(tables, policy, variant, n_tasks)
-    paras.append("<p>What this data does <b>not</b> support: " + "; ".join(limits) + ".</p>")
+    policy, variant = claims.primary_of(header, sel)
+    comp = tables.get("comparisons", pd.DataFrame())
+    paras = [f'<p class="note">{render(claims.provenance_line(header))}</p>']
+    excluded = claims.exclusion_sentence(header)
+    if excluded:
+        paras.append(f"<p>{render(excluded)}</p>")
+    paras.append("<p>" + " ".join(render(x) for x in claims.outcome_sentences(tables.get("outcomes", pd.DataFrame()), policy))
+                 + "</p>")
+    screen = [claims.rejection_sentence(tables.get("rejections", pd.DataFrame())),
+              claims.validation_sentence(tables.get("sample_stats", pd.DataFrame()))]
+    paras.append("<p>" + " ".join(render(x) for x in screen if x) + "</p>")
+    signal = claims.signal_sentence(tables.get("signal", pd.DataFrame()))
+    if signal:
+        marked = render(signal).replace("PASS", '<span class="pass">PASS</span>').replace(
+            "FAIL", '<span class="fail">FAIL</span>')
+        paras.append(f"<p>{marked}</p>")
+    paras.append("<p>" + " ".join(render(x) for x in claims.task_success_sentences(sel, comp, policy, variant)) + "</p>")
+    speed = claims.speedup_sentences(sel, comp, policy, variant)
+    if speed:
+        paras.append("<p>" + " ".join(render(x) for x in speed) + "</p>")
+    paras.append(f"<p>Length: {render(claims.length_verdict(tables.get('correlations', pd.DataFrame()), policy, variant))}</p>")
+    paras += findings_paragraphs(tables, policy, variant)
+    paras.append(f"<p>{render(claims.limits_sentence(sel, policy, variant))}</p>")
     return paras
 
 
 def _label(rule: str) -> str:
-    return RULE_STYLE.get(rule, {"label": rule})["label"]
+    return claims.label(rule)
 
 
 def _p(x: float) -> str:
@@ -185,89 +179,47 @@ def _p(x: float) -> str:
 
 
 def _is_true(v: Any) -> bool:
-    return str(v).lower() == "true"
+    return claims.is_true(v)
 
 
-def comparison_sentences(comp: pd.DataFrame, policy: str, variant: str, n_tasks: int) -> list[str]:
-    """One escaped sentence per paired comparison under the primary variant (or with no variant)."""
+VERDICT_TEXT = {"a better": "first better (interval excludes the null)", "b better": "second better (interval excludes the null)",
+                "tie": "tie (interval includes the null)", "": "no interval"}
+
+
+def comparison_sentences(comp: pd.DataFrame, policy: str, variant: str) -> list[str]:
+    """One escaped sentence per planned paired comparison under the primary variant (or with no variant)."""
     out = []
     c = comp[(comp["policy"].astype(str) == policy) & comp["variant"].isin([variant, "-"])]
+    if "scope" in c:
+        c = c[c["scope"] == "planned"]
     for _, r in c.iterrows():
-        has_ci = np.isfinite(r.get("diff_lo", math.nan))
-        s = (f"{esc(_label(r['rule_a']))} vs {esc(_label(r['rule_b']))}: {100 * r['diff']:+.0f} points")
-        if has_ci:
-            s += f" (95% CI {100 * r['diff_lo']:+.0f} to {100 * r['diff_hi']:+.0f})"
-            s += f", Cohen's h {r['cohens_h']:+.2f} [{r['h_lo']:+.2f}, {r['h_hi']:+.2f}]"
-        disc = int(r["a_wins"]) + int(r["b_wins"])
-        if disc:
-            s += (f", {int(r['a_wins'])} of {disc} discordant units favour the first (sign test one-sided "
-                  f"p = {_p(r['sign_test_p_one_sided'])}, McNemar p = {_p(r['mcnemar_exact_p'])})")
-        if has_ci:
-            excludes = r["diff_lo"] > 0 or r["diff_hi"] < 0
-            s += (" &mdash; task-success difference <b>significant</b> (CI excludes 0)" if excludes
-                  else f" &mdash; task-success difference not significant at n = {n_tasks} tasks")
-        if np.isfinite(r.get("geomean_ratio_lo", math.nan)):
-            lo, hi = r["geomean_ratio_lo"], r["geomean_ratio_hi"]
-            s += (f"; geometric-mean speedup ratio {r['geomean_ratio']:.2f}× [{lo:.2f}, {hi:.2f}]"
-                  + (" (<b>CI excludes 1</b>)" if lo > 1 or hi < 1 else " (CI includes 1)"))
+        s = (f"{esc(_label(r['rule_a']))} vs {esc(_label(r['rule_b']))}: task success {100 * r['diff']:+.0f} points")
+        if np.isfinite(r.get("diff_lo", math.nan)):
+            s += (f" [{100 * r['diff_lo']:+.0f}, {100 * r['diff_hi']:+.0f}] &mdash; "
+                  f"{esc(VERDICT_TEXT.get(str(r.get('task_success_verdict', '')), ''))}")
+        if np.isfinite(r.get("mcnemar_exact_p", math.nan)):
+            s += (f"; {int(r['tasks_a_better'])} vs {int(r['tasks_b_better'])} tasks favour each (exact McNemar "
+                  f"p = {_p(r['mcnemar_exact_p'])})")
+        if np.isfinite(r.get("geomean_ratio_solvable_lo", math.nan)):
+            s += (f"; speedup ratio over solvable units {r['geomean_ratio_solvable']:.2f}x "
+                  f"[{r['geomean_ratio_solvable_lo']:.2f}, {r['geomean_ratio_solvable_hi']:.2f}] &mdash; "
+                  f"{esc(VERDICT_TEXT.get(str(r.get('speedup_verdict', '')), ''))}")
+        if np.isfinite(r.get("wilcoxon_p_two_sided", math.nan)):
+            s += f" (Wilcoxon over tasks on E[log speedup], p = {_p(r['wilcoxon_p_two_sided'])})"
         out.append(s)
     return out
 
 
-def length_verdict(corr: pd.DataFrame, sel_rules: pd.DataFrame, policy: str, variant: str) -> str:
-    """Does length explain the surprisal-speedup association?  From correlations and the residual rule."""
-    c = corr[(corr["policy"].astype(str) == policy) & (corr["variant"] == variant)] if not corr.empty else corr
-    if c.empty:
-        return "No correlation table: the length question cannot be answered."
-    r = c.iloc[0]
-    rho, p, prho, pp = r["spearman_nll_speedup"], r["p"], r["partial_spearman_given_length"], r["p_partial"]
-    lrho, lp = r["spearman_length_speedup"], r["p_length"]
-    text = (f"Over {int(r['n_correct_samples'])} correct samples, Spearman rho(NLL, speedup) = {rho:+.2f} "
-            f"(p = {_p(p)}); controlling for length, partial rho = {prho:+.2f} (p = {_p(pp)}); "
-            f"rho(length, speedup) = {lrho:+.2f} (p = {_p(lp)}). ")
-    if not (np.isfinite(p) and np.isfinite(pp)):
-        text += "Too few correct samples to decide whether length explains the association."
-    elif p < 0.05 and pp >= 0.05:
-        text += "<b>Length explains it</b>: the association is significant raw but not once length is controlled."
-    elif pp < 0.05:
-        text += "<b>The association survives length control</b> (partial rho significant at 0.05)."
-    else:
-        text += "No association is detectable at this sample size, with or without length control."
-    rate = dict(zip(sel_rules["rule"], sel_rules["success_rate"]))
-    if "resid_surprisal" in rate and "surprisal" in rate:
-        text += (f" As a rule, length-residualised surprisal reaches {_pct(rate['resid_surprisal'])} task success "
-                 f"vs {_pct(rate['surprisal'])} for raw surprisal.")
-    return text
-
-
-def findings_paragraphs(tables: Mapping[str, pd.DataFrame], policy: str, variant: str, n_tasks: int) -> list[str]:
-    """Winner, each difference with its interval, length, spread, scaling: what the data supports."""
-    sel = tables["selection"]
+def findings_paragraphs(tables: Mapping[str, pd.DataFrame], policy: str, variant: str) -> list[str]:
+    """Below the headline: each planned comparison, the log-prob spread and the Best-of-N budget."""
     paras: list[str] = []
-    rules = primary_rules(sel, policy, variant, kinds=("main", "length_controlled", "tail", "control"))
-    cont = rules[rules["rule"] != "oracle"].sort_values(["success_rate", "geomean_speedup"], ascending=False,
-                                                        kind="mergesort")
-    if not cont.empty:
-        w = cont.iloc[0]
-        ci = f" (95% CI {_pct(w['success_lo'])} to {_pct(w['success_hi'])})" if np.isfinite(w["success_lo"]) else ""
-        geo = (f", geometric-mean speedup {w['geomean_speedup']:.2f}× [{w['geomean_lo']:.2f}, {w['geomean_hi']:.2f}]"
-               if "geomean_lo" in w and np.isfinite(w["geomean_lo"]) else "")
-        cost = (f"; deployed, it checks {w['mean_n_evaluated']:.1f} of {w['mean_n_samples']:.0f} samples per task "
-                f"on average and times {w['mean_n_timed']:.1f}" if "mean_n_evaluated" in w else "")
-        tied = cont[np.isclose(cont["success_rate"], w["success_rate"]) & (cont["rule"] != w["rule"])]["rule"]
-        tie_text = (f" Tied on task success: {esc(', '.join(_label(r) for r in tied))}; only the speedup separates them."
-                    if len(tied) else "")
-        paras.append(f"<p>Winning rule (highest task success, ties broken by geometric-mean speedup, all rules and "
-                     f"controls under variant {esc(variant)}): <b>{esc(_label(w['rule']))}</b> with "
-                     f"{_pct(w['success_rate'])}{esc(ci)}{esc(geo)}{esc(cost)}.{tie_text}</p>")
     comp = tables.get("comparisons", pd.DataFrame())
     if not comp.empty:
-        items = comparison_sentences(comp, policy, variant, n_tasks)
+        items = comparison_sentences(comp, policy, variant)
         if items:
-            paras.append(f"<p>Paired differences (task success, rule A minus rule B; paired task-clustered bootstrap; "
-                         f"{len(items)} comparisons, not corrected for multiplicity, so about {0.05 * len(items):.1f} "
-                         "would look significant by chance):</p><ul>" + "".join(f"<li>{s}</li>" for s in items) + "</ul>")
-    paras.append(f"<p>Length: {length_verdict(tables.get('correlations', pd.DataFrame()), rules, policy, variant)}</p>")
+            paras.append("<p>Planned paired comparisons (rule A minus rule B over tasks; paired task-clustered 95% "
+                         "intervals; not corrected for multiplicity):</p><ul>" + "".join(f"<li>{s}</li>" for s in items)
+                         + "</ul>")
     spread = tables.get("logprob_spread", pd.DataFrame())
     if not spread.empty:
         s = spread[(spread["policy"].astype(str) == policy) & (spread["variant"] == variant)]
@@ -280,22 +232,25 @@ def findings_paragraphs(tables: Mapping[str, pd.DataFrame], policy: str, variant
                          f"{esc(s['threshold'].iloc[0] if variant.startswith('mean') else 'the threshold')} "
                          f"(nats/token for mean variants), {same} have correct samples that are all fast_1 or all "
                          f"not). Rule differences come from the remaining {len(s) - cannot}.</p>")
-    sat, eq = tables.get("scaling_summary", pd.DataFrame()), tables.get("equivalent_k", pd.DataFrame())
-    if not sat.empty:
-        f1 = sat[(sat["policy"].astype(str) == policy) & (sat["metric"] == "fast_p@k") & np.isclose(sat["p"], 1.0)]
-        if len(f1):
-            r = f1.iloc[0]
-            text = (f"Best-of-N fast_1@k rises from {_pct(r['value_at_1'])} at k = 1 to {_pct(r['value_at_K'])} at "
-                    f"K = {int(r['K'])} and saturates (within 2 points of K) at k = {int(r['saturation_k'])}.")
-            if not eq.empty:
-                e = eq[(eq["policy"].astype(str) == policy) & (eq["measure"] == "task_success") &
-                       eq["variant"].isin([variant, "-"]) & (eq["rule"] != "oracle")]
-                parts = [f"{esc(_label(x['rule']))} k = {int(x['k_matched'])}" if np.isfinite(x["k_matched"])
-                         else f"{esc(_label(x['rule']))} k &gt; K" for _, x in e.iterrows()]
-                if parts:
-                    text += " Oracle Best-of-N matches each rule's task success at: " + ", ".join(parts) + "."
-            paras.append(f"<p>{text}</p>")
+    budget = claims.equivalent_k_sentence(tables.get("scaling_summary", pd.DataFrame()),
+                                          tables.get("equivalent_k", pd.DataFrame()), policy, variant)
+    if budget:
+        paras.append(f"<p>{render(budget)}</p>")
     return paras
+
+
+REPORT_TABLES = (
+    ("outcomes", "Outcomes: samples, distinct programs, tasks"),
+    ("selection", "Selection rules"), ("comparisons", "Paired rule comparisons"), ("signal", "Signal check"),
+    ("sample_stats", "Per task: samples, programs, statuses, rejected guards, task screen"),
+    ("rejections", "Rejected evaluations, with the guard that fired"),
+    ("scaling", "Best-of-N scaling"),
+    ("correlations", "Surprisal vs speedup among distinct correct programs"),
+    ("surprisal_quartiles", "Surprisal quartiles (distinct correct programs)"),
+    ("logprob_spread", "Log-prob spread per unit"),
+    ("scaling_summary", "Best-of-N saturation"),
+    ("equivalent_k", "Best-of-N budget matching each rule"),
+)
 
 
 def _definitions(headers: list[Mapping[str, str]]) -> dict[str, str]:
@@ -357,16 +312,13 @@ def make_report(
         parts.append(f"<figure>{_embed_png(png)}<figcaption>{esc(png.stem)}</figcaption></figure>")
 
     parts.append("<h2>Tables</h2>")
-    for name, heading in (("selection", "Selection rules"), ("signal", "Signal check"),
-                          ("sample_stats", "Sample statistics per task"), ("scaling", "Best-of-N scaling"),
-                          ("comparisons", "Paired rule comparisons"),
-                          ("correlations", "Surprisal vs speedup among correct samples"),
-                          ("surprisal_quartiles", "Surprisal quartiles (correct samples)"),
-                          ("logprob_spread", "Log-prob spread per unit"),
-                          ("scaling_summary", "Best-of-N saturation"),
-                          ("equivalent_k", "Best-of-N budget matching each rule")):
+    for name, heading in REPORT_TABLES:
         df = tables[name]
-        parts.append(f"<h3>{esc(heading)} <span class=\"note\">({esc(TABLE_FILES[name])})</span></h3>")
+        unit = read[name][1].get("unit", "")
+        parts.append(f'<h3>{esc(heading)} <span class="note">({esc(TABLE_FILES[name])}; unit: {esc(unit)})</span></h3>')
+        if name == "rejections" and df.empty:
+            parts.append('<p class="note">No evaluation was rejected by a guard.</p>')
+            continue
         parts.append(html_table(df) if not df.empty else '<p class="note">missing</p>')
 
     ttt_headers: list[Mapping[str, str]] = []
@@ -386,13 +338,19 @@ def make_report(
     parts.append(f"<pre>{esc(_config_text(config))}</pre>")
 
     parts.append("<h2>Provenance</h2>")
-    prov_rows = pd.DataFrame(sorted(flatten(provenance).items()), columns=["key", "value"])
+    parts.append(f"<p>{render(claims.provenance_line(sel_header))}</p>")
+    analysis_prov = {f"analysis.{k}": v for k, v in sel_header.items()
+                     if k.split(".")[0] in ("config_hash", "store", "code", "excluded_tasks", "n_samples", "versions")}
+    report_prov = {f"report.{k}": v for k, v in flatten(provenance).items()}
+    prov_rows = pd.DataFrame(sorted({**analysis_prov, **report_prov}.items()), columns=["key", "value"])
     parts.append(html_table(prov_rows))
     if stage_times:
         # Values are seconds, or dicts such as {"jobs": 12, "seconds": 340.2} (summed benchmark files).
         times = pd.DataFrame([{"stage": k, **v} if isinstance(v, Mapping) else {"stage": k, "seconds": float(v)}
                               for k, v in stage_times.items()])
-        parts.append("<h3>Wall time per stage</h3>" + html_table(times))
+        parts.append('<h3>Wall time per stage</h3><p class="note">Summed Snakemake benchmark files of the jobs that '
+                     "made this run's artifacts (stages named ttt_* are the test-time training part; artifacts reused "
+                     "from an earlier run keep that run's times).</p>" + html_table(times))
     parts.append("</body></html>")
     write_text(out_html, "\n".join(parts) + "\n")
     log.info("report: %s", out_html)
@@ -404,37 +362,10 @@ TTT_FIGURE_CAPTIONS = {
                       "batch, dashed: the fresh heldout batch); star: the step Best-of-Adaptation picks in-sample; dotted: "
                       "the base policy's per-sample rate. Right: task success (at least one fast_1 among the K samples of "
                       "the step) against Best-of-N with the same rollouts per task, N = (s+1)K.",
-    "ttt_rho": "Over-sharpening probe: Spearman rho(NLL, speedup) of the fixed base Best-of-N samples scored under each "
-               "checkpoint (all samples, correct only, slowest quartile of correct), and their mean NLL per step.",
+    "ttt_rho": "Over-sharpening probe: Spearman rho(NLL, speedup) over the distinct programs of base samples no TTT "
+               "update trained on (own sampling seed), scored under each checkpoint (all, correct only, slowest quartile "
+               "of correct; bars: task-clustered 95% intervals), and their mean NLL per step.",
 }
-
-
-def _fmt_ratio(x: Any) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.0f}%"
-
-
-def ttt_summary(selection: pd.DataFrame, equal: pd.DataFrame) -> list[str]:
-    """One paragraph per headline rule, averaged over seeds, with the like-for-like comparison."""
-    out = []
-    mean = selection[selection["ttt_seed"].astype(str) == "mean"].set_index("rule")
-    eq = equal[equal["ttt_seed"].astype(str) == "mean"].set_index("rule")
-    if mean.empty:
-        return ['<p class="note">No TTT selection results.</p>']
-    for rule in ("boa_in_sample", "boa_held_out"):
-        if rule not in mean.index:
-            continue
-        r, e = mean.loc[rule], eq.loc[rule] if rule in eq.index else None
-        text = (f"<b>{esc(rule)}</b> (mean over seeds): per-sample fast_1 {_fmt_ratio(r['fast_1_rate'])} "
-                f"(train batch {_fmt_ratio(r['fast_1_rate_train'])}, heldout {_fmt_ratio(r['fast_1_rate_heldout'])}), "
-                f"task success {_fmt_ratio(r['task_success'])}.")
-        if e is not None:
-            text += (f" Like for like: base per-sample fast_1 {_fmt_ratio(e['base_fast_1_rate'])}; Best-of-N task success "
-                     f"at the same {int(e['budget_rollouts_per_task'])} rollouts per task "
-                     f"{_fmt_ratio(e['bon_task_success_at_budget'])}; equivalent K (task success vs task success) "
-                     f"{esc(e['equivalent_k_text'])}; the paper's mixed comparison (per-sample rate vs task success) "
-                     f"would give {esc(e['equivalent_k_paper_mixed_text'])}.")
-        out.append(f"<p>{text}</p>")
-    return out
 
 
 def ttt_section(tables_dir: Path, figures_dir: Path) -> tuple[list[str], list[Mapping[str, str]]]:
@@ -443,7 +374,9 @@ def ttt_section(tables_dir: Path, figures_dir: Path) -> tuple[list[str], list[Ma
     read = {name: read_table(tables_dir / file) for name, file in TTT_TABLES.items()}
     t = {name: df for name, (df, _) in read.items()}
     parts = ["<h2>Test-time training</h2>"]
-    parts += ttt_summary(t["selection"], t["equal_budget"])
+    parts += [f"<p>{render(x)}</p>" for x in claims.ttt_sentences(t["selection"], t["equal_budget"], t["probe"])]
+    if not t["selection"].empty:
+        parts.append(f'<p class="note">{render(claims.provenance_line(read["selection"][1]))}</p>')
     for name, caption in TTT_FIGURE_CAPTIONS.items():
         png = figures_dir / f"{name}.png"
         parts.append(f"<figure>{_embed_png(png)}<figcaption>{esc(caption)}</figcaption></figure>" if png.exists()
@@ -458,7 +391,8 @@ def ttt_section(tables_dir: Path, figures_dir: Path) -> tuple[list[str], list[Ma
                           ("probe", "Over-sharpening probe"), ("compute", "Compute accounting"),
                           ("bon_curve", "Best-of-N reference curve (base pool)")):
         df = t[name]
-        parts.append(f"<h3>{esc(heading)} <span class=\"note\">({esc(TTT_TABLES[name])})</span></h3>")
+        unit = read[name][1].get("unit", "")
+        parts.append(f'<h3>{esc(heading)} <span class="note">({esc(TTT_TABLES[name])}; unit: {esc(unit)})</span></h3>')
         parts.append(f'<div class="scroll">{html_table(df)}</div>' if not df.empty else '<p class="note">empty</p>')
     return parts, [h for _, h in read.values()]
 
@@ -470,7 +404,8 @@ COMPARE_TABLES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
       "diff_lo", "diff_hi", "geomean_speedup", "geomean_lo", "geomean_hi", "mean_n_evaluated", "mean_n_timed")),
     ("comparisons", "Paired comparisons (primary variant)",
      ("policy", "variant", "rule_a", "rule_b", "n_tasks", "diff", "diff_lo", "diff_hi", "cohens_h", "h_lo", "h_hi",
-      "a_wins", "b_wins", "sign_test_p_one_sided", "mcnemar_exact_p", "geomean_ratio", "wilcoxon_p_two_sided")),
+      "task_success_verdict", "tasks_a_better", "tasks_b_better", "mcnemar_exact_p", "geomean_ratio_solvable",
+      "geomean_ratio_solvable_lo", "geomean_ratio_solvable_hi", "speedup_verdict", "wilcoxon_p_two_sided")),
     ("correlations", "Surprisal vs speedup", None),
     ("scaling_summary", "Best-of-N saturation", None),
 )
@@ -508,21 +443,11 @@ def compare_experiments(exp_dirs: list[Path], out_html: Path) -> Path:
         if sel.empty:
             parts.append(f"<li>{esc(name)}: no selection table.</li>")
             continue
-        policy, variant = _primary(dict(header), sel)
+        policy, variant = claims.primary_of(header, sel)
         variants[name] = variant
-        rules = primary_rules(sel, policy, variant, kinds=("main", "length_controlled", "tail", "control"))
-        rate = dict(zip(rules["rule"], rules["success_rate"]))
-        cont = rules[rules["rule"] != "oracle"].sort_values("success_rate", ascending=False, kind="mergesort")
-        best = cont.iloc[0] if len(cont) else None
-        text = (f"<b>{esc(name)}</b> (policy {esc(policy)}, variant {esc(variant)}, n = {int(rules['n_tasks'].max())} "
-                f"tasks): oracle {_pct(rate.get('oracle', math.nan))}, random {_pct(rate.get('random', math.nan))}, "
-                f"surprisal {_pct(rate.get('surprisal', math.nan))}, most-confident "
-                f"{_pct(rate.get('most_confident', math.nan))}")
-        if best is not None:
-            text += f"; best non-oracle rule {esc(_label(best['rule']))} {_pct(best['success_rate'])}"
-            if np.isfinite(best.get("success_lo", math.nan)):
-                text += f" (95% CI {_pct(best['success_lo'])} to {_pct(best['success_hi'])})"
-        parts.append(f"<li>{text}.</li>")
+        ts = " ".join(render(x) for x in claims.task_success_sentences(sel, tables["comparisons"], policy, variant))
+        text = f"<b>{esc(name)}</b> (policy {esc(policy)}): {ts}"
+        parts.append(f"<li>{text}</li>")
     parts.append("</ul>")
 
     parts.append("<h2>Figures</h2>")
@@ -564,3 +489,64 @@ def compare_experiments(exp_dirs: list[Path], out_html: Path) -> Path:
     write_text(out_html, "\n".join(parts) + "\n")
     log.info("comparison report: %s", out_html)
     return Path(out_html)
+
+
+# ---------------------------------------------------------------- README's measured section
+
+README_BEGIN = "<!-- vegtts:measured:begin -->"
+README_END = "<!-- vegtts:measured:end -->"
+
+
+def readme_section(exp_dir: str | Path) -> str:
+    """The README's measured section (markdown, between the markers) from a run's own tables, with
+    the same sentences as the report's first screen (vegtts.analysis.claims)."""
+    exp_dir = Path(exp_dir)
+    tables, header = _experiment_tables(exp_dir)
+    sel = tables["selection"]
+    if sel.empty:
+        raise ValueError(f"{exp_dir / 'tables' / TABLE_FILES['selection']} is missing or empty: run the analysis first")
+    policy, variant = claims.primary_of(header, sel)
+    comp = tables["comparisons"]
+    items = [
+        claims.exclusion_sentence(header),
+        " ".join(claims.outcome_sentences(tables["outcomes"], policy)),
+        " ".join(x for x in (claims.rejection_sentence(tables["rejections"]),
+                             claims.validation_sentence(tables["sample_stats"])) if x),
+        claims.signal_sentence(tables["signal"]),
+        " ".join(claims.task_success_sentences(sel, comp, policy, variant)),
+        " ".join(claims.speedup_sentences(sel, comp, policy, variant)),
+        "Length: " + claims.length_verdict(tables["correlations"], policy, variant),
+    ]
+    from vegtts.analysis.ttt import TTT_TABLES
+
+    ttt_dir = exp_dir / "tables"
+    if all((ttt_dir / f).exists() for f in TTT_TABLES.values()):
+        t = {name: read_table(ttt_dir / f)[0] for name, f in TTT_TABLES.items()}
+        items += claims.ttt_sentences(t["selection"], t["equal_budget"], t["probe"])
+    lines = [README_BEGIN,
+             f"<!-- generated by `vegtts readme-section {exp_dir.as_posix()}` from that run's tables; "
+             "edit the code in vegtts.analysis.claims, not this text -->",
+             "", claims.provenance_line(header), ""]
+    lines += [f"- {x}" for x in items if x]
+    lines += ["", README_END]
+    return "\n".join(lines)
+
+
+def write_readme_section(exp_dir: str | Path, readme: str | Path, check: bool = False) -> bool:
+    """Replace the text between README_BEGIN and README_END in `readme` by readme_section(exp_dir).
+
+    Returns whether the file changed (with `check`, nothing is written: True means it is stale).
+    The markers must already be in the README (one pair): where the section lives is the README's call."""
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8")
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or text.index(README_BEGIN) > text.index(README_END):
+        raise ValueError(f"{readme}: needs exactly one line {README_BEGIN} and, after it, one line {README_END} "
+                         "where the measured section goes")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    new = head + readme_section(exp_dir) + tail
+    if new == text:
+        return False
+    if not check:
+        write_text(readme, new)
+    return True

@@ -345,21 +345,12 @@ def score_samples(
     """
     import torch
 
-    from vegtts.sampling.prompts import prompt_sha
-
     if micro_batch < 1:
         raise ValueError("micro_batch must be >= 1")
-    if "prompt_sha" in samples_df and len(samples_df):
-        shas = set(samples_df["prompt_sha"])
-        if shas != {prompt_sha(prompt)}:
-            raise ValueError(f"samples were drawn from another prompt: prompt_sha {sorted(shas)} != {prompt_sha(prompt)}")
     rows = [list(map(int, t)) for t in samples_df["token_ids"]]
     device = next(causal_lm(model).parameters()).device
     prompt_ids = encode_prompt_ids(tokenizer, prompt, device)
-    if "n_prompt_tokens" in samples_df and len(samples_df):
-        stored = set(int(n) for n in samples_df["n_prompt_tokens"])
-        if stored != {int(prompt_ids.shape[1])}:
-            raise ValueError(f"prompt encodes to {prompt_ids.shape[1]} tokens, samples say {sorted(stored)}")
+    check_samples_prompt(samples_df, prompt, int(prompt_ids.shape[1]))
     logprobs: list[list[float]] = [[] for _ in rows]
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     was_training = causal_lm(model).training
@@ -375,9 +366,28 @@ def score_samples(
                     progress.update(len(batch))
     finally:
         causal_lm(model).train(was_training)
+    return scores_frame(samples_df, scorer, logprobs)
+
+
+def check_samples_prompt(samples_df: pd.DataFrame, prompt: str, n_prompt_tokens: int) -> None:
+    """Refuse samples that were drawn from another prompt (text or tokenization)."""
+    from vegtts.sampling.prompts import prompt_sha
+
+    if "prompt_sha" in samples_df and len(samples_df):
+        shas = set(samples_df["prompt_sha"])
+        if shas != {prompt_sha(prompt)}:
+            raise ValueError(f"samples were drawn from another prompt: prompt_sha {sorted(shas)} != {prompt_sha(prompt)}")
+    if "n_prompt_tokens" in samples_df and len(samples_df):
+        stored = set(int(n) for n in samples_df["n_prompt_tokens"])
+        if stored != {int(n_prompt_tokens)}:
+            raise ValueError(f"prompt encodes to {n_prompt_tokens} tokens, samples say {sorted(stored)}")
+
+
+def scores_frame(samples_df: pd.DataFrame, scorer: str, logprobs: Sequence[Sequence[float]]) -> pd.DataFrame:
+    """One row per sample: keys, scorer, teacher-forced token log-probs, code span and the surprisal variants."""
     out = samples_df[KEYS].reset_index(drop=True).copy()
     out["scorer"] = scorer
-    out["token_logprobs"] = logprobs
+    out["token_logprobs"] = [list(lp) for lp in logprobs]
     out["code_token_start"] = samples_df["code_token_start"].astype(int).to_numpy()
     out["code_token_end"] = samples_df["code_token_end"].astype(int).to_numpy()
     surprisal = [
@@ -385,6 +395,34 @@ def score_samples(
         for lp, s, e in zip(out["token_logprobs"], out["code_token_start"], out["code_token_end"])
     ]
     return pd.concat([out, pd.DataFrame(surprisal, index=out.index)], axis=1)
+
+
+def score_samples_vllm(
+    llm: Any,
+    tokenizer: Any,
+    prompt: str,
+    samples_df: pd.DataFrame,
+    scorer: str = "base",
+    adapter_path: str | os.PathLike | None = None,
+    progress: Any = None,
+) -> pd.DataFrame:
+    """`score_samples` through vLLM: the log-probs vLLM gives each stored token as part of a prompt.
+
+    Each sample becomes one prompt (the task's prompt ids + its completion ids) asking for
+    `prompt_logprobs` (raw: log_softmax of the logits, no temperature) and one new token; the
+    result has the same columns as `score_samples`. It agrees with the transformers scorer to
+    within float rounding of the two engines' kernels (tests/test_vllm.py states the tolerance).
+    """
+    from vegtts.sampling.transformers_backend import encode_prompt
+    from vegtts.sampling.vllm_backend import score_vllm
+
+    prompt_ids = [int(t) for t in encode_prompt(tokenizer, prompt)[0]]
+    check_samples_prompt(samples_df, prompt, len(prompt_ids))
+    rows = [list(map(int, t)) for t in samples_df["token_ids"]]
+    logprobs = score_vllm(llm, prompt_ids, rows, adapter_path)
+    if progress is not None:
+        progress.update(len(rows))
+    return scores_frame(samples_df, scorer, logprobs)
 
 
 def load_policy(
@@ -410,6 +448,8 @@ def run_scoring(
     micro_batch: int = 8,
     logit_chunk: int = DEFAULT_LOGIT_CHUNK,
     model_and_tokenizer: tuple[Any, Any] | None = None,
+    backend: str = "transformers",
+    vllm_settings: dict[str, Any] | None = None,
 ) -> Path:
     """Score the samples of one or more sample parquets under one policy; write one parquet.
 
@@ -417,6 +457,7 @@ def run_scoring(
     several tasks (e.g. the probe's fixed base set) are scored with one model load.  The output
     parquet is written atomically, with the scorer, model/adapter paths, timings and provenance
     in its metadata.  `model_and_tokenizer` (already carrying the adapter) skips loading.
+    `backend` "vllm" scores through a vLLM engine (`vllm_settings`: the sampling.vllm block) instead.
     """
     from tqdm import tqdm
 
@@ -434,13 +475,27 @@ def run_scoring(
         if df.duplicated(KEYS).any():
             raise ValueError(f"{p}: duplicate sample keys")
         inputs.append((Path(p), meta["prompt"], df))
-    model, tokenizer = model_and_tokenizer or load_policy(model_path, adapter_path)
+    if backend not in ("transformers", "vllm"):
+        raise ValueError(f"scoring backend {backend!r} is not one of transformers, vllm")
+    if backend == "vllm":
+        from transformers import AutoTokenizer
+
+        from vegtts.sampling.vllm_backend import VLLMSettings, engine_for
+
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
+        llm = engine_for(model_path, VLLMSettings.from_dict(vllm_settings or {}))
+    else:
+        model, tokenizer = model_and_tokenizer or load_policy(model_path, adapter_path)
     t0 = time.perf_counter()
     frames = []
     total = sum(len(df) for _, _, df in inputs)
     with tqdm(total=total, desc=f"score {scorer_name}", unit="sample") as bar:
         for path, prompt, df in inputs:
-            if len(df):
+            if not len(df):
+                continue
+            if backend == "vllm":
+                frames.append(score_samples_vllm(llm, tokenizer, prompt, df, scorer_name, adapter_path, bar))
+            else:
                 frames.append(score_samples(model, tokenizer, prompt, df, micro_batch, scorer_name, logit_chunk, bar))
     scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=KEYS + ["scorer"])
     if scores.duplicated(KEYS).any():
@@ -458,6 +513,7 @@ def run_scoring(
         "n_scored_tokens": int(sum(len(t) for t in scores["token_logprobs"])) if len(scores) else 0,
         "n_prompt_tokens": int(sum(int(df["n_prompt_tokens"].iloc[0]) for _, _, df in inputs if len(df) and "n_prompt_tokens" in df)),
         "scoring_seconds": seconds,
+        "backend": backend,
         "logprobs": "raw log_softmax of the policy's logits (no temperature), teacher-forced",
         "provenance": provenance(),
     }

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from vegtts.config import dataclass_from_settings
-from vegtts.io import sibling_temp_dir
+from vegtts.io import fsync_dir, fsync_tree, sibling_temp_dir, write_dir_manifest
 from vegtts.scoring import (
     DEFAULT_LOGIT_CHUNK,
     KEYS,
@@ -384,6 +384,8 @@ def save_adapter(
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         if state is not None:
             (tmp / TTT_STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True, default=str) + "\n")
+        write_dir_manifest(tmp)  # every file's digest: readers verify the adapter (vegtts.io.verify_dir)
+        fsync_tree(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
@@ -391,6 +393,7 @@ def save_adapter(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+        fsync_dir(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -18,9 +18,7 @@ rule figures:
         tables=f"{EXP}/tables",
         out=f"{EXP}/figures",
         code=stage_code("figures"),
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{EXP}/logs/figures.log",
     shell:
-        "vegtts figures --tables {params.tables} --out {params.out} > {log} 2>&1"
+        "vegtts --log {log} figures --tables {params.tables} --out {params.out}"

@@ -1,12 +1,13 @@
+# Prepares the default model on its own (`snakemake prepare_model`). Workflow jobs do not depend on
+# it: the first job that loads the model prepares it (vegtts.models.ensure_model), so the folder it
+# lives in (resources_dir) is never part of a job's inputs or identity.
 rule prepare_model:
     output:
         f"{config['resources_dir']}/models/gemma3-270m-gguf/vegtts_model.json",
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{config['resources_dir']}/models/gemma3-270m-gguf.prepare.log",
     threads: 2
     resources:
         mem_mb=8000,
     shell:
-        "vegtts model prepare --out $(dirname {output}) > {log} 2>&1"
+        "vegtts --log {log} model prepare --out $(dirname {output})"

@@ -1,25 +1,21 @@
 rule sample:
     input:
-        tasks=PLAN.tasks_file,
-        model=model_inputs,
+        tasks=f"{STORE}/tasks/{{tkey}}/tasks.json",
         adapter=sample_adapter,
     output:
-        f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.parquet",
+        f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.{{tkey}}.parquet",
     params:
         settings=sampling_settings,
         policy=sample_policy,
-        model=PLAN.model_path,
         adapter=lambda w: " ".join(sample_adapter(w)),
-    conda:
-        "../../envs/vegtts.yaml"
     log:
-        f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.log",
+        f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.{{tkey}}.log",
     benchmark:
-        f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.benchmark.tsv"
+        f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.{{tkey}}.benchmark.tsv"
     threads: config["sampling"]["threads"]
     resources:
         mem_mb=6000,
     shell:
-        "vegtts sample --tasks {input.tasks} --task {wildcards.task} --seed {wildcards.seed}"
-        " --policy {params.policy} --model {params.model:q} --settings {params.settings:q}"
-        " --threads {threads} --adapter={params.adapter:q} --out {output} > {log} 2>&1"
+        "vegtts --log {log} sample --tasks {input.tasks} --task {wildcards.task} --seed {wildcards.seed}"
+        " --policy {params.policy} --model {MODEL_PATH:q} --settings {params.settings:q}"
+        " --runtime {SAMPLING_RUNTIME:q} --threads {threads} --adapter={params.adapter:q} --out {output}"

@@ -1,12 +1,11 @@
-rule resolve_tasks:
+# One resolved task per key; the key covers the content of its problem file (vegtts.identity).
+rule resolve_task:
     output:
         f"{STORE}/tasks/{{tkey}}/tasks.json",
     params:
-        suite=lambda w: as_json({**config["tasks"], "ids": TASK_IDS}),
-        code=stage_code("tasks"),
-    conda:
-        "../../envs/vegtts.yaml"
+        task=resolved_task,
     log:
         f"{STORE}/tasks/{{tkey}}/resolve.log",
     shell:
-        "vegtts tasks resolve --suite {params.suite:q} --out {output} > {log} 2>&1"
+        "vegtts --log {log} tasks resolve --suite {TASK_SUITE:q} --task {params.task} --key {wildcards.tkey}"
+        " --out {output}"

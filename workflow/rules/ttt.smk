@@ -23,7 +23,7 @@ def ttt_update_inputs(wildcards):
     step = ttt_step_of(wildcards)
     prev = TTT.steps[(step.seed, step.step - 1)]
     samples, evals = PLAN.ttt_batch_files(prev, "train", step.train_tasks)
-    inputs = {"samples": samples, "evaluations": evals, "model": model_inputs(wildcards)}
+    inputs = {"samples": samples, "evaluations": evals}
     if step.previous_key:
         inputs["previous"] = TTT.checkpoint_dir(STORE, step.previous_key)
     return inputs
@@ -55,9 +55,6 @@ rule ttt_update:
         settings=ttt_update_settings,
         previous=ttt_previous_arg,
         step=lambda w: ttt_step_of(w).step,
-        model=PLAN.model_path,
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/ttt/{{ckey}}/update.log",
     benchmark:
@@ -66,24 +63,20 @@ rule ttt_update:
     resources:
         mem_mb=8000,
     shell:
-        "vegtts ttt update --samples {input.samples} --evaluations {input.evaluations} --model {params.model:q}"
-        " --previous={params.previous:q} --step {params.step} --settings {params.settings:q}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        "vegtts --log {log} ttt update --samples {input.samples} --evaluations {input.evaluations}"
+        " --model {MODEL_PATH:q} --previous={params.previous:q} --step {params.step} --settings {params.settings:q}"
+        " --threads {threads} --out {output}"
 
 
 rule ttt_score:
     input:
         adapter=f"{STORE}/ttt/{{ckey}}/adapter",
         samples=lambda w: [PLAN.sample_file(PLAN.base_sample_key, TTT.probe_seed, t) for t in TTT.task_ids],
-        model=model_inputs,
     output:
         f"{STORE}/scores/{{pkey}}/{{ckey}}.parquet",
     params:
-        model=PLAN.model_path,
         scorer=lambda w: ttt_step_of(w).policy,
         micro_batch=config["ttt"]["score_micro_batch"],
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{STORE}/scores/{{pkey}}/{{ckey}}.log",
     benchmark:
@@ -92,9 +85,9 @@ rule ttt_score:
     resources:
         mem_mb=6000,
     shell:
-        "vegtts ttt score --samples {input.samples} --model {params.model:q} --adapter {input.adapter}"
+        "vegtts --log {log} ttt score --samples {input.samples} --model {MODEL_PATH:q} --adapter {input.adapter}"
         " --scorer {params.scorer} --micro-batch {params.micro_batch} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        " --out {output}"
 
 
 rule ttt_analyze:
@@ -103,15 +96,15 @@ rule ttt_analyze:
     output:
         [f"{EXP}/tables/{name}" for name in TTT_TABLES],
     params:
-        config=as_json(config),
+        config_hash=CONFIG_HASH,
+        store_keys=lambda w: store_keys(ttt=True),
         out=f"{EXP}/tables",
         code=stage_code("analysis"),
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{EXP}/logs/ttt_analyze.log",
     shell:
-        "vegtts ttt analyze --config {params.config:q} --out {params.out} > {log} 2>&1"
+        "vegtts --log {log} ttt analyze --config {CONFIG_JSON:q} --config-hash {params.config_hash} --config-hash-scope all"
+        " --store-keys {params.store_keys:q} --out {params.out}"
 
 
 rule ttt_figures:
@@ -124,9 +117,7 @@ rule ttt_figures:
         tables=f"{EXP}/tables",
         out=f"{EXP}/figures",
         code=stage_code("figures"),
-    conda:
-        "../../envs/vegtts.yaml"
     log:
         f"{EXP}/logs/ttt_figures.log",
     shell:
-        "vegtts ttt figures --tables {params.tables} --out {params.out} > {log} 2>&1"
+        "vegtts --log {log} ttt figures --tables {params.tables} --out {params.out}"

@@ -9,6 +9,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from vegtts.analysis.programs import REFERENCE_COPY_FLAG, reference_copy_column
 from vegtts.analysis.surprisal import NLL_COLUMNS, TAIL_COLUMNS, surprisal_from_logprobs
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ def merge_samples_and_evaluations(
     # n_tokens is recomputed from token_logprobs so that it always matches the NLL it averages.
     nll = surprisal_columns(samples)
     samples = pd.concat([samples.drop(columns=[c for c in nll.columns if c in samples]), nll], axis=1)
+    # Before the program text is dropped: is the candidate the reference itself (see analysis.programs)?
+    programs = samples["program"] if "program" in samples else pd.Series("", index=samples.index)
+    samples["_reference_copy"] = reference_copy_column(programs)
     samples = samples.drop(columns=[c for c in DROPPED_SAMPLE_COLUMNS if c in samples])
 
     eval_cols = [c for c in evals.columns if c not in samples.columns or c in KEYS]
@@ -84,6 +88,9 @@ def merge_samples_and_evaluations(
             f"{int(missing.sum())} samples have no evaluation row, e.g.\n{merged.loc[missing, KEYS].head()}"
         )
     merged = merged.drop(columns="_merge")
+    flagged = merged["flags"].fillna("").astype(str).str.split(",").map(lambda f: REFERENCE_COPY_FLAG in f) \
+        if "flags" in merged else False
+    merged["reference_copy"] = merged.pop("_reference_copy").astype(bool) | flagged
     extra = len(evals) - len(merged)
     if extra > 0:
         log.warning("%d evaluation rows match no sample and are ignored", extra)

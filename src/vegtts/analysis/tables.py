@@ -1,5 +1,7 @@
 """CSV tables with a provenance header: leading `# key: value` lines, then the CSV.
 
+The first two lines name the table and its unit of evidence (`# unit: distinct correct programs`).
+
 Nested provenance is flattened to dotted keys (`versions.torch: 2.13.0`), definitions become
 `definition.<name>: <text>`; values are single lines.  `read_table` returns the frame and the
 flat header dict, so a table can never travel without what its columns mean.
@@ -41,8 +43,8 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def table_header(name: str, definitions: Mapping[str, str], provenance: Mapping[str, Any]) -> dict[str, str]:
-    return {"table": name, **flatten(definitions, "definition."), **flatten(provenance)}
+def table_header(name: str, unit: str, definitions: Mapping[str, str], provenance: Mapping[str, Any]) -> dict[str, str]:
+    return {"table": name, "unit": unit, **flatten(definitions, "definition."), **flatten(provenance)}
 
 
 def write_table(
@@ -51,10 +53,18 @@ def write_table(
     definitions: Mapping[str, str],
     provenance: Mapping[str, Any],
     name: str | None = None,
+    *,
+    unit: str,
 ) -> Path:
-    """Write `df` as CSV at `path` (atomically) under a `# key: value` header."""
+    """Write `df` as CSV at `path` (atomically) under a `# key: value` header.
+
+    `unit` says what one row, count or test is over (samples, distinct programs, tasks, ...): every
+    table states its unit of evidence in the line `# unit: ...` after its name.
+    """
+    if not unit or not unit.strip():
+        raise ValueError(f"table {path}: say what its rows and counts are over (unit=...)")
     path = Path(path)
-    header = table_header(name or path.stem, definitions, provenance)
+    header = table_header(name or path.stem, unit, definitions, provenance)
     lines = [f"{HEADER_PREFIX}{k}: {v}" for k, v in header.items()]
     body = df.to_csv(index=False, lineterminator="\n")
     write_text(path, "\n".join(lines) + "\n" + body)

@@ -17,10 +17,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from vegtts.analysis.definitions import CEILING_TOLERANCE
 from vegtts.analysis.estimators import fast_p_at_k
 from vegtts.analysis.merge import merge_samples_and_evaluations
+from vegtts.analysis.programs import distinct_programs
+from vegtts.analysis.statistics import clustered_correlations
 from vegtts.analysis.tables import write_table
 from vegtts.io import read_parquet_metadata
 
@@ -51,14 +53,15 @@ DEFINITIONS = {
     "rule.early_stop": "walk steps 1..S on the train batch and stop at the first regression (fast_1_rate of step s < step s-1, s >= 2): choose s-1 (S if none), reported on the heldout batch",
     "rule.per_task_oracle": "for each task separately, the step (1..S) with the highest fast_1 rate of that task on the train batch; values are means over tasks, in-sample (train) and held-out (heldout) columns both given",
     "tie_breaking_ttt": "ties between steps go to the earliest step",
-    "probe": "over-sharpening probe: the fixed base Best-of-N samples (sampling seed probe_seed, TTT tasks) scored teacher-forced under every checkpoint; step 0 uses the sampler's own log-probs; NLL = mean over code tokens (mean_code); Spearman rho(NLL, speedup) pooled over tasks, speedup of incorrect samples = 0",
-    "probe_subsets": "all = every probe sample with code tokens; correct = correct samples only; slowest_quartile_of_correct = correct samples whose speedup <= the 25th percentile of the correct samples' speedups; each row gives its n and two-sided p (exact permutation p for n <= 8, else scipy's t approximation)",
+    "probe": "over-sharpening probe: base-policy samples of the TTT tasks drawn with the probe's own sampling seed (probe_seed in the header; no TTT update trains on it, unlike sampling seed r, whose first batch is what TTT seed r's first update trains on) scored teacher-forced under every checkpoint; step 0 uses the sampler's own log-probs; NLL = mean over code tokens (mean_code); counted in distinct programs (copies share one evaluation; their NLL is averaged); speedup of incorrect programs = 0",
+    "probe_subsets": "one row per seed, step and subset: all = every probe program with code; correct = correct programs; slowest_quartile_of_correct = correct programs whose speedup <= the 25th percentile of the correct programs' speedups; each with n_samples, n_programs, n_tasks, pooled Spearman rho(NLL, speedup) over programs with a task-clustered bootstrap 95% interval, the mean within-task rho and its within-task permutation p (no p assuming independent programs); note says why rho is undefined (fewer than 3 programs, or NLL or speedup constant)",
     "rollouts": "samples drawn and evaluated; TTT methods spend (S+1)*K rollouts per task (train batches of steps 0..S); heldout batches are measurement, counted separately",
+    "eval_seconds": "evaluation time spent: the eval_seconds of each distinct program of a batch evaluated there (copies of a program in the batch and programs served from the evaluation cache cost 0); eval_seconds_cached: what the cache hits had cost when first evaluated (not spent again); n_programs_evaluated and n_cache_hits count distinct programs",
     "prompt_tokens": "prompt length x rollouts (what a per-request API would bill; the sampler itself encodes each prompt once per batch)",
     "training_tokens": "completion tokens that entered an update's loss (forward and backward), from the checkpoint's vegtts_ttt_state.json",
     "bon_pool": "base samples of the TTT tasks used as the Best-of-N reference: the step-0 train and heldout batches of every TTT seed plus the experiment's base samples whose sampling seed is not one of those (no sample counted twice)",
     "bon_fast_1@k": "unbiased fast_1@k over each task's pooled base samples (1 - C(n-c,k)/C(n,k)), averaged over TTT tasks; defined for k <= the smallest pool",
-    "equivalent_k": "like for like: the Best-of-N k whose task success fast_1@k equals the TTT rule's task success (Best-of-K on its reported batch); linear interpolation between consecutive integers k, with fast_1@0 = 0; '> n' when the pool's largest k does not reach it",
+    "equivalent_k": "like for like: the Best-of-N k whose task success fast_1@k equals the TTT rule's task success (Best-of-K on its reported batch); linear interpolation between consecutive integers k, with fast_1@0 = 0; at the curve's ceiling (TTT within 0.01 of the pool's fast_1 at its largest k) only a bound, 'at least k' with k where the curve first comes within 0.01 of its ceiling (where it touches the ceiling depends on the pool's size, not on TTT); '> n' when TTT is above the ceiling",
     "equivalent_k_paper_mixed": "the paper's mixed-kind comparison, for reference only: TTT's per-sample fast_1_rate matched against Best-of-N task success fast_1@k (same interpolation)",
     "per_sample_vs_base": "like for like per-sample: TTT rule's fast_1_rate minus the base pool's per-sample fast_1 rate (Best-of-N does not change the per-sample rate)",
 }
@@ -200,19 +203,29 @@ def bon_curve(pool: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def equivalent_k(value: float, curve: pd.DataFrame) -> tuple[float, str]:
-    """The k where the curve (k = 0, 1, ...; nondecreasing) reaches `value`, linearly interpolated
-    between consecutive integers; (nan, '> n') when it never does."""
-    ks, ys = curve["k"].to_numpy(int), curve["fast_1_at_k"].to_numpy(float)
-    reached = np.flatnonzero(ys >= value - 1e-12)
-    if not reached.size:
-        return math.nan, f"> {int(ks[-1])}"
-    i = int(reached[0])
+def _interpolated_k(ks: np.ndarray, ys: np.ndarray, value: float) -> float:
+    """The k where the nondecreasing curve first reaches `value` (linear between integers)."""
+    i = int(np.flatnonzero(ys >= value - 1e-12)[0])
     if i == 0:
-        return 0.0, "0"
+        return float(ks[0])
     lo, hi = ys[i - 1], ys[i]
-    k = float(ks[i - 1] + (value - lo) / (hi - lo)) if hi > lo else float(ks[i])
-    return k, f"{k:.2f}"
+    return float(ks[i - 1] + (value - lo) / (hi - lo)) if hi > lo else float(ks[i])
+
+
+def equivalent_k(value: float, curve: pd.DataFrame, tolerance: float = CEILING_TOLERANCE) -> tuple[float, str]:
+    """The k where the curve (k = 0, 1, ...; nondecreasing) reaches `value`, linearly interpolated
+    between consecutive integers.  Within `tolerance` of the curve's ceiling (its value at the
+    largest k) only a lower bound is identified: ("at least k"), k where the curve first comes within
+    `tolerance` of the ceiling; above the ceiling (nan, '> n')."""
+    ks, ys = curve["k"].to_numpy(int), curve["fast_1_at_k"].to_numpy(float)
+    ceiling = float(ys[-1])
+    if value > ceiling + tolerance:
+        return math.nan, f"> {int(ks[-1])}"
+    if value >= ceiling - tolerance and ceiling > 0:
+        bound = _interpolated_k(ks, ys, ceiling - tolerance)
+        return bound, f"at least {bound:.1f}"
+    k = _interpolated_k(ks, ys, value)
+    return k, ("0" if k == 0 else f"{k:.2f}")
 
 
 def equal_budget_table(selection: pd.DataFrame, curve: pd.DataFrame, base_rate: float) -> pd.DataFrame:
@@ -236,65 +249,56 @@ def equal_budget_table(selection: pd.DataFrame, curve: pd.DataFrame, base_rate: 
 # ---------------------------------------------------------------- over-sharpening probe
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float, int]:
-    """(rho, two-sided p, n) over pairs where both are finite; nan when n < 3 or a side is constant."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = int(ok.sum())
-    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan, math.nan, n
-    res = stats.spearmanr(x, y)
-    if n <= EXACT_P_MAX_N:  # the t approximation is poor for tiny n (it gives p = 0 at |rho| = 1)
-        return float(res.statistic), exact_spearman_p(x, y), n
-    return float(res.statistic), float(res.pvalue), n
-
-
-EXACT_P_MAX_N = 8
-
-
-def exact_spearman_p(x: np.ndarray, y: np.ndarray) -> float:
-    """Two-sided permutation p of Spearman's rho over all n! orderings of y (ties by mid-ranks)."""
-    import itertools
-
-    rx, ry = stats.rankdata(x), stats.rankdata(y)
-    perms = np.array(list(itertools.permutations(ry)))
-    dx = rx - rx.mean()
-    dy = perms - perms.mean(axis=1, keepdims=True)
-    rhos = (dy @ dx) / (np.sqrt((dy ** 2).sum(axis=1)) * np.sqrt((dx ** 2).sum()))
-    observed = abs(float(np.corrcoef(rx, ry)[0, 1]))
-    return float(np.mean(np.abs(rhos) >= observed - 1e-12))
-
-
-def probe_rows(nll: np.ndarray, speedup: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
-    """rho(NLL, speedup) and mean NLL over all / correct / the slowest quartile of correct samples."""
-    nll, speedup, correct = np.asarray(nll, float), np.asarray(speedup, float), np.asarray(correct, bool)
-    out: dict[str, Any] = {"mean_nll": float(np.nanmean(nll)) if np.isfinite(nll).any() else math.nan}
+def probe_rows(programs: pd.DataFrame, col: str, n_boot: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """One row per subset (all / correct / slowest quartile of correct) of distinct probe programs."""
+    programs = programs[np.isfinite(programs[col].to_numpy(float))]
+    correct = programs["correct"].astype(bool).to_numpy()
+    speedup = programs["speedup"].to_numpy(float)
     cut = float(np.quantile(speedup[correct], 0.25)) if correct.any() else math.nan
-    subsets = {"all": np.ones_like(correct), "correct": correct,
+    subsets = {"all": np.ones(len(programs), bool), "correct": correct,
                "slowest_quartile_of_correct": correct & (speedup <= cut)}
+    rows = []
     for name, m in subsets.items():
-        rho, p, n = spearman(nll[m], speedup[m])
-        out[f"rho_{name}"], out[f"p_{name}"], out[f"n_{name}"] = rho, p, n
-    out["slowest_quartile_cut"] = cut
-    return out
+        g = programs[m]
+        nll, sp = g[col].to_numpy(float), g["speedup"].to_numpy(float)
+        corr = clustered_correlations(nll, sp, np.zeros(len(g)), g["task_id"].to_numpy(), n_boot, rng)
+        note = ""
+        if len(g) < 3:
+            note = f"undefined: {len(g)} program(s), fewer than 3"
+        elif np.ptp(sp) == 0:
+            note = "undefined: every program has the same speedup"
+        elif np.ptp(nll) == 0:
+            note = "undefined: every program has the same NLL"
+        rows.append({"subset": name, "unit": "distinct programs", "n_samples": int(g["n_copies"].sum()),
+                     "n_programs": len(g), "n_tasks": int(g["task_id"].nunique()),
+                     "rho": corr["spearman_nll_speedup"], "rho_lo": corr["spearman_nll_speedup_lo"],
+                     "rho_hi": corr["spearman_nll_speedup_hi"],
+                     "mean_within_task_rho": corr["mean_within_task_spearman"],
+                     "p_within_task_permutation": corr["p_within_task_permutation"],
+                     "mean_nll": float(np.mean(nll)) if len(g) else math.nan,
+                     "slowest_quartile_cut": cut if name == "slowest_quartile_of_correct" else math.nan, "note": note})
+    return rows
 
 
-def probe_table(manifest: Mapping[str, Any], variant: str = "mean_code") -> pd.DataFrame:
+def probe_table(manifest: Mapping[str, Any], variant: str = "mean_code", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per TTT seed, step (0 = base) and subset: rho(NLL, speedup) over distinct probe programs."""
     probe = manifest["probe"]
     col = f"nll_{variant}"
+    rng = np.random.default_rng(seed)
+    values = [col, "n_code_tokens"]
     base = merge_samples_and_evaluations(probe["samples"], probe["evaluations"])
+    base_programs = distinct_programs(base, values)
     rows = []
     seeds = sorted({int(e["seed"]) for e in manifest["steps"]})
-    for seed in seeds:
-        rows.append({"ttt_seed": seed, "step": 0, "scorer": "base (sampler log-probs)",
-                     **probe_rows(base[col], base["speedup"], base["correct"])})
+    for ttt_seed in seeds:
+        for r in probe_rows(base_programs, col, n_boot, rng):
+            rows.append({"ttt_seed": ttt_seed, "step": 0, "scorer": "base (sampler log-probs)", **r})
     for e in manifest["steps"]:
         if not e.get("score"):
             continue
         scored = merge_samples_and_evaluations(probe["samples"], probe["evaluations"], [e["score"]])
-        rows.append({"ttt_seed": int(e["seed"]), "step": int(e["step"]), "scorer": e["policy"],
-                     **probe_rows(scored[col], scored["speedup"], scored["correct"])})
+        for r in probe_rows(distinct_programs(scored, values), col, n_boot, rng):
+            rows.append({"ttt_seed": int(e["seed"]), "step": int(e["step"]), "scorer": e["policy"], **r})
     out = pd.DataFrame(rows)
     if len(out):
         out.insert(3, "n_probe_samples", len(base))
@@ -316,8 +320,21 @@ def _sample_costs(paths: Sequence[str]) -> dict[str, float]:
     return {"rollouts": rollouts, "prompt_tokens": prompt, "completion_tokens": completion, "sampling_seconds": seconds}
 
 
-def _eval_seconds(paths: Sequence[str]) -> float:
-    return float(sum(pd.read_parquet(p, columns=["eval_seconds"])["eval_seconds"].sum() for p in paths))
+def eval_costs(paths: Sequence[str]) -> dict[str, float]:
+    """Evaluation time a batch spent (definition eval_seconds): each distinct program of a task once;
+    cache hits at 0, with what they had cost kept apart."""
+    spent = cached = n_eval = n_hits = 0.0
+    for p in paths:
+        df = pd.read_parquet(p)
+        code = df["code_sha256"].fillna("").astype(str) if "code_sha256" in df else pd.Series("", index=df.index)
+        firsts = df[code.ne("")].drop_duplicates(subset=["code_sha256"], keep="first") if "code_sha256" in df else df
+        hit = firsts["cached"].fillna(False).astype(bool) if "cached" in firsts else pd.Series(False, index=firsts.index)
+        seconds = firsts["eval_seconds"].fillna(0.0).astype(float)
+        spent += float(seconds[~hit].sum())
+        cached += float(seconds[hit].sum())
+        n_eval += int((~hit).sum())
+        n_hits += int(hit.sum())
+    return {"eval_seconds": spent, "eval_seconds_cached": cached, "n_programs_evaluated": n_eval, "n_cache_hits": n_hits}
 
 
 def compute_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
@@ -327,7 +344,7 @@ def compute_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
         for batch in BATCHES:
             c = _sample_costs(e[batch]["samples"])
             rows.append({"method": f"sample_{batch}", "ttt_seed": e["seed"], "step": e["step"], **c,
-                         "training_tokens": 0, "eval_seconds": _eval_seconds(e[batch]["evaluations"]),
+                         "training_tokens": 0, **eval_costs(e[batch]["evaluations"]),
                          "train_seconds": 0.0, "score_seconds": 0.0})
         if e.get("checkpoint"):
             state = json.loads((Path(e["checkpoint"]) / "vegtts_ttt_state.json").read_text())
@@ -344,6 +361,9 @@ def compute_table(manifest: Mapping[str, Any]) -> pd.DataFrame:
                          "sampling_seconds": 0.0, "training_tokens": 0, "eval_seconds": 0.0, "train_seconds": 0.0,
                          "score_seconds": meta.get("scoring_seconds", math.nan)})
     out = pd.DataFrame(rows)
+    for col in ("eval_seconds_cached", "n_programs_evaluated", "n_cache_hits"):
+        out[col] = out[col].fillna(0.0) if col in out else 0.0
+    # Time spent: cache hits cost nothing (their original cost stays in eval_seconds_cached).
     out["wall_seconds"] = out[["sampling_seconds", "eval_seconds", "train_seconds", "score_seconds"]].sum(axis=1)
     return out
 
@@ -357,7 +377,8 @@ def compute_summary(compute: pd.DataFrame, n_tasks: int, k: int, n_steps: int) -
         scale = n_steps + 1  # Best-of-N at equal rollouts draws (S+1) base batches of K
         rows.append({"ttt_seed": seed, "step": "all", "method": "ttt (train batches + updates)", "rollouts": ttt["rollouts"].sum(),
                      "prompt_tokens": ttt["prompt_tokens"].sum(), "completion_tokens": ttt["completion_tokens"].sum(),
-                     "training_tokens": ttt["training_tokens"].sum(), "wall_seconds": ttt["wall_seconds"].sum()})
+                     "training_tokens": ttt["training_tokens"].sum(), "wall_seconds": ttt["wall_seconds"].sum(),
+                     "eval_seconds_cached": ttt["eval_seconds_cached"].sum() if "eval_seconds_cached" in ttt else 0.0})
         rows.append({"ttt_seed": seed, "step": "all", "method": f"best_of_n (N = {scale * k}; step-0 cost x {scale})",
                      "rollouts": base["rollouts"].sum() * scale, "prompt_tokens": base["prompt_tokens"].sum() * scale,
                      "completion_tokens": base["completion_tokens"].sum() * scale, "training_tokens": 0,
@@ -368,13 +389,24 @@ def compute_summary(compute: pd.DataFrame, n_tasks: int, k: int, n_steps: int) -
 # ---------------------------------------------------------------- entry point
 
 
+TTT_UNITS = {
+    "trajectory": "per (TTT seed, step, batch): samples (n_samples, rates over samples) and tasks (task_success)",
+    "per_task": "per (TTT seed, step, batch, task): samples",
+    "selection": "per TTT seed and rule (and their mean): rates over samples, task success over tasks",
+    "probe": "distinct programs of the probe samples (n_programs; n_samples for reference); intervals resample tasks",
+    "compute": "per method, TTT seed and step: rollouts = samples; eval time over distinct programs (cache hits at 0)",
+    "equal_budget": "per TTT seed and rule: task success over tasks, per-sample rates over samples; k counts samples per task",
+    "bon_curve": "Best-of-N over the base pool's samples, mean over TTT tasks",
+}
+
+
 def run_ttt_analysis(manifest: Mapping[str, Any], provenance: Mapping[str, Any], out_dir: str | os.PathLike,
-                     variant: str = "mean_code") -> list[Path]:
+                     variant: str = "mean_code", n_boot: int = 1000, seed: int = 0) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     k = int(manifest["k"])
     tasks = list(manifest["tasks"])
-    prov = {**provenance, "ttt_tasks": tasks, "ttt_k": k}
+    prov = {**provenance, "ttt_tasks": tasks, "ttt_k": k, "probe_seed": manifest["probe"]["sampling_seed"]}
     batches = load_batches(manifest)
     n_steps = int(batches["step"].max())
     per_task = per_task_table(batches)
@@ -386,18 +418,21 @@ def run_ttt_analysis(manifest: Mapping[str, Any], provenance: Mapping[str, Any],
     base_rate = float(pool["fast_1"].mean())
     compute = compute_table(manifest)
     d = {key: DEFINITIONS[key] for key in DEFINITIONS}
+
+    def table(name: str, df: pd.DataFrame, keys: Sequence[str]) -> Path:
+        return write_table(df, out / TTT_TABLES[name], {k_: d[k_] for k_ in keys}, prov, unit=TTT_UNITS[name])
+
     written = [
-        write_table(traj, out / TTT_TABLES["trajectory"], {k_: d[k_] for k_ in ("ttt_batches", "fast_1_rate", "task_success_ttt")}, prov),
-        write_table(per_task, out / TTT_TABLES["per_task"], {k_: d[k_] for k_ in ("ttt_batches", "fast_1_rate")}, prov),
-        write_table(selection, out / TTT_TABLES["selection"],
-                    {k_: v for k_, v in d.items() if k_.startswith("rule.") or k_ in ("ttt_batches", "fast_1_rate", "task_success_ttt", "tie_breaking_ttt", "rollouts")}, prov),
-        write_table(probe_table(manifest, variant), out / TTT_TABLES["probe"],
-                    {k_: d[k_] for k_ in ("probe", "probe_subsets")}, {**prov, "probe_seed": manifest["probe"]["sampling_seed"]}),
-        write_table(pd.concat([compute, compute_summary(compute, len(tasks), k, n_steps)], ignore_index=True),
-                    out / TTT_TABLES["compute"], {k_: d[k_] for k_ in ("rollouts", "prompt_tokens", "training_tokens")}, prov),
-        write_table(equal_budget_table(selection, curve, base_rate), out / TTT_TABLES["equal_budget"],
-                    {k_: d[k_] for k_ in ("bon_pool", "bon_fast_1@k", "equivalent_k", "equivalent_k_paper_mixed", "per_sample_vs_base", "rollouts")}, prov),
-        write_table(curve, out / TTT_TABLES["bon_curve"], {k_: d[k_] for k_ in ("bon_pool", "bon_fast_1@k")}, prov),
+        table("trajectory", traj, ("ttt_batches", "fast_1_rate", "task_success_ttt")),
+        table("per_task", per_task, ("ttt_batches", "fast_1_rate")),
+        table("selection", selection, [k_ for k_ in d if k_.startswith("rule.") or k_ in (
+            "ttt_batches", "fast_1_rate", "task_success_ttt", "tie_breaking_ttt", "rollouts")]),
+        table("probe", probe_table(manifest, variant, n_boot, seed), ("probe", "probe_subsets")),
+        table("compute", pd.concat([compute, compute_summary(compute, len(tasks), k, n_steps)], ignore_index=True),
+              ("rollouts", "prompt_tokens", "training_tokens", "eval_seconds")),
+        table("equal_budget", equal_budget_table(selection, curve, base_rate),
+              ("bon_pool", "bon_fast_1@k", "equivalent_k", "equivalent_k_paper_mixed", "per_sample_vs_base", "rollouts")),
+        table("bon_curve", curve, ("bon_pool", "bon_fast_1@k")),
     ]
     log.info("ttt analysis: %d seeds, %d steps, %d tasks -> %s", batches["ttt_seed"].nunique(), n_steps, len(tasks), out)
     return written

@@ -132,8 +132,9 @@ def read_sampled(pid: int, leaves: list[Leaf], positions: list[np.ndarray | None
 
 
 def compare_calls(ref: list[Leaf], cand: list[Leaf], ref_values: list[Any], cand_values: list[Any],
-                  atol: float, rtol: float, where: str) -> Comparison:
-    """Sampled values of one call, candidate against reference (structure first)."""
+                  atol: float, rtol: float, where: str, atol_scaled: bool = False) -> Comparison:
+    """Sampled values of one call, candidate against reference (structure first); `atol_scaled`
+    scales the absolute term by the sampled reference values (compare.compare_outputs)."""
     if len(ref) != len(cand):
         return Comparison(False, math.inf, math.inf, f"{where}: {len(cand)} output leaves, the reference has {len(ref)}")
     result = Comparison(True)
@@ -144,7 +145,7 @@ def compare_calls(ref: list[Leaf], cand: list[Leaf], ref_values: list[Any], cand
                               f"a {'tensor' if r.is_tensor else 'plain value'}")
         if r.is_tensor and (r.shape != c.shape or r.dtype != c.dtype):
             return Comparison(False, math.inf, math.inf, f"{at}: shape {list(c.shape)} {c.dtype} != reference {list(r.shape)} {r.dtype}")
-        result = result.merge(compare_outputs(rv, cv, atol, rtol, at))
+        result = result.merge(compare_outputs(rv, cv, atol, rtol, at, atol_scaled=atol_scaled))
         if not result.ok:
             return result
     return result

@@ -19,7 +19,6 @@ Per candidate (docs/evaluator.md, "Timing protocol"):
 
 from __future__ import annotations
 
-import ast
 import atexit
 import contextlib
 import copy
@@ -81,8 +80,9 @@ _timings = itertools.count()
 REFERENCE_COPY_BODY = "class ModelNew(Model):\n    pass\n"
 
 
-class ReferenceError_(RuntimeError):
-    """The task's reference itself fails: no candidate can be judged."""
+class ReferenceError_(RuntimeError, ValueError):
+    """The task's reference itself fails: no candidate can be judged (a ValueError: the CLI reports
+    it as one clear line about the task, not a traceback)."""
 
 
 def derive_seed(root: int, *labels: Any) -> int:
@@ -147,6 +147,7 @@ class Trial:
     flags: dict[str, bool]  # reference aliasing facts
     payload: Encoded  # the forward request
     ack_payload: Encoded  # the same request for the pair's reference child (replies just ok)
+    varied: bool = False  # the varied trial: its absolute tolerance scales with its output (compare.py)
 
 
 @dataclass
@@ -190,8 +191,11 @@ class ReferenceContext:
             trials, previous = [], []
             kept: list[Any] = []  # alive until all trials ran, as in the child: no address is reused
             mutates = False
-            for t in range(settings.correctness_trials):
-                inputs = make_inputs(module, derive_seed(settings.seed, "correctness", t))
+            varied = None  # the extra trial on signed, wider inputs (docs/evaluator.md, "Correctness")
+            if settings.varied_inputs and spec.varied_inputs:
+                varied = task_runtime.varied_trial_inputs(module, model, derive_seed(settings.seed, "correctness", "varied"), make_inputs)
+            for t in range(settings.correctness_trials + (varied is not None)):
+                inputs = make_inputs(module, derive_seed(settings.seed, "correctness", t)) if t < settings.correctness_trials else varied[0]
                 working = _clone(inputs)
                 try:
                     output = model(*working)
@@ -204,7 +208,7 @@ class ReferenceContext:
                 output = _clone(output)
                 payload = encode_request({"op": "forward", "inputs": inputs})
                 ack = encode_request({"op": "forward", "inputs": inputs, "reply": "ack"})
-                trials.append(Trial(inputs, output, flags, payload, ack))
+                trials.append(Trial(inputs, output, flags, payload, ack, varied=t >= settings.correctness_trials))
         ctx = cls(spec, settings, module, init_inputs, init_seed, state, trials)
         if not mutates:  # pooled inputs are read-only pages; a mutating reference gets socket copies
             ctx.pool = ctx._build_pool()
@@ -334,7 +338,8 @@ def check_correctness(ctx: ReferenceContext, child: ChildSession, program: str) 
             reply = child.request(trial.payload)
             if not same_values(trial.inputs, reply.get("inputs")):
                 return Verdict("incorrect", f"trial {t}: forward modified its inputs", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
-            trial_cmp = compare_outputs(trial.output, reply.get("output"), spec.atol, spec.rtol)
+            trial_cmp = compare_outputs(trial.output, reply.get("output"), spec.atol, spec.rtol, where="varied trial output" if trial.varied else "output",
+                                        atol_scaled=spec.atol_scaled or trial.varied)
             cmp = cmp.merge(trial_cmp)
             if not trial_cmp.ok:
                 return Verdict("incorrect", f"trial {t}: {trial_cmp.error}", max_abs_err=cmp.max_abs_err, max_rel_err=cmp.max_rel_err)
@@ -484,7 +489,8 @@ def _check_batch(ctx: ReferenceContext, label: str, ref: ChildSession, cand: Chi
                                         f"readable where its reply says they are", "output_unreadable", phase="timing"))
         else:
             cand_values = [None] * len(c_leaves)
-        cmp = compare_calls(r_leaves, c_leaves, ref_values, cand_values, ctx.spec.atol, ctx.spec.rtol, f"{label} call {i}")
+        cmp = compare_calls(r_leaves, c_leaves, ref_values, cand_values, ctx.spec.atol, ctx.spec.rtol, f"{label} call {i}",
+                            atol_scaled=ctx.spec.atol_scaled)
         if not cmp.ok:
             raise _Rejected(Verdict("rejected", f"timed_output_mismatch: {cmp.error}", "timed_output_mismatch", phase="timing"))
 
@@ -861,7 +867,9 @@ def _pre_check(spec: TaskSpec, program: str, settings: EvalSettings) -> Verdict 
     if not program.strip():
         return Verdict("no_code", "no program")
     try:
-        ast.parse(program)
+        # compile, not only parse: some errors (a repeated keyword argument, `return` outside a
+        # function, ...) are raised by the compiler after a clean parse; nothing is executed
+        compile(program, "<candidate>", "exec", dont_inherit=True)
     except SyntaxError as exc:
         return Verdict("syntax_error", f"SyntaxError: {exc.msg} (line {exc.lineno})")
     except (ValueError, RecursionError, MemoryError) as exc:
@@ -877,7 +885,7 @@ _last_context: dict[str, ReferenceContext] = {}
 
 def _reference_context(spec: TaskSpec, settings: EvalSettings) -> ReferenceContext:
     """The last task's context is kept, so repeated calls for one task reuse its inputs."""
-    key = f"{spec.source_sha256}:{settings.settings_hash()}:{spec.atol}:{spec.rtol}"
+    key = f"{spec.source_sha256}:{settings.settings_hash()}:{spec.atol}:{spec.rtol}:{spec.atol_scaled}:{spec.varied_inputs}"
     if key not in _last_context:
         for old in _last_context.values():
             old.close()

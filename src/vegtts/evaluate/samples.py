@@ -11,7 +11,7 @@ import pandas as pd
 
 from vegtts.evaluate.runner import control_summary, evaluate_task
 from vegtts.evaluate.settings import EvalSettings
-from vegtts.io import hardware_fingerprint, hardware_key, provenance, write_parquet
+from vegtts.io import digest_of, hardware_fingerprint, hardware_key, provenance, read_parquet, verify_artifact, write_parquet
 from vegtts.records import EvalRecord, TaskSpec, to_row
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ def _as_spec(task: TaskSpec | dict[str, Any] | str | Path) -> TaskSpec:
         return task
     if isinstance(task, dict):
         return TaskSpec.from_dict(task)
+    verify_artifact(task)
     return TaskSpec.from_dict(json.loads(Path(task).read_text(encoding="utf-8")))
 
 
@@ -37,11 +38,15 @@ def evaluate_samples_file(
     """One row per sample: task_id, policy, seed, sample_idx + every EvalRecord field.
 
     `task` is a TaskSpec (or its dict, or a JSON file of it).  The parquet footer carries
-    {settings, hardware, provenance, aa_control} (the task's A/A control, docs/evaluator.md).
+    {settings, hardware, provenance, aa_control} (the task's A/A control, docs/evaluator.md); the
+    manifest records the digest of the samples it was made from (a later check finds an evaluation
+    whose samples were regenerated since: vegtts.store).  The samples are read verified
+    (vegtts.io.CorruptArtifactError if they do not match their digest).
     """
     spec = _as_spec(task)
     settings = settings_dict if isinstance(settings_dict, EvalSettings) else EvalSettings.from_dict(settings_dict)
-    samples = pd.read_parquet(samples_parquet)
+    samples = read_parquet(samples_parquet)
+    samples_digest = digest_of(samples_parquet)
     missing = [c for c in (*SAMPLE_KEYS, "code_sha256", "program") if c not in samples.columns]
     if missing:
         raise ValueError(f"{samples_parquet}: samples parquet lacks columns {missing}")
@@ -64,7 +69,7 @@ def evaluate_samples_file(
         "provenance": provenance(task_id=spec.task_id, task_source_sha256=spec.source_sha256, samples=str(samples_parquet)),
         "aa_control": control_summary(spec, settings),
     }
-    write_parquet(out_parquet, df, metadata)
+    write_parquet(out_parquet, df, metadata, inputs={"samples": samples_digest})
     n_ok = int((df["status"] == "ok").sum()) if len(df) else 0
     log.info("task %s: %d samples evaluated, %d ok, %d from cache", spec.task_id, len(df), n_ok, int(df["cached"].sum()) if len(df) else 0)
     return df

@@ -12,7 +12,7 @@ from vegtts.io import code_fingerprint, short_hash
 # Settings that change how fast the evaluation runs but never its verdict or its numbers.
 _NOT_IN_CACHE_KEY = ("max_parallel",)
 # device "cuda" only (evaluate/cuda/); left out of a CPU verdict's key so CPU caches stay valid
-_CUDA_ONLY = ("tf32", "gpus", "build_cache_dir", "build_timeout_s", "l2_flush_mb", "keep_alive_ms", "launch_lead_us")
+_CUDA_ONLY = ("tf32", "gpus", "build_cache_dir", "build_timeout_s", "l2_flush_mb", "gpu_hold", "min_interval_rel")
 _CUDA_NOT_IN_CACHE_KEY = ("gpus", "build_cache_dir", "build_timeout_s")
 _CPU_ONLY = ("timing_resolution",)  # left out of a CUDA verdict's key so CUDA caches stay valid
 DEVICES = ("cpu", "cuda")
@@ -22,7 +22,8 @@ DEVICES = ("cpu", "cuda")
 class EvalSettings:
     device: str = "cpu"
     threads: int = 1  # torch intra-op threads in every child (timing and correctness)
-    correctness_trials: int = 3  # fresh-input trials that must all match
+    correctness_trials: int = 5  # fresh-input trials that must all match (KernelBench's scripts: 5)
+    varied_inputs: bool = True  # plus one trial on signed, wider inputs (tasks.runtime.vary_inputs), where the task allows
     timing_rounds: int = 15  # interleaved reference/candidate rounds
     calls_per_round: int = 3  # forward calls per batch; per-call time = batch time / calls
     warmup_calls: int = 2  # untimed calls per side before the rounds
@@ -39,24 +40,24 @@ class EvalSettings:
     # device "cuda" (evaluate/cuda/): TF32 policy set explicitly and equally for reference and
     # candidate; how many visible GPUs to use (0 = all, one worker thread each); where compiled
     # candidates are cached by source hash ("" = <cache dir>/cuda_builds); a build's own time
-    # limit; L2 flush buffer between timed calls (0 = twice the GPU's L2); GPU work queued before
-    # each timed call (keep-alive, ms) and between the sync and the start event (launch lead, us)
+    # limit; L2 flush buffer between timed calls (0 = twice the GPU's L2); whether the blocking
+    # kernel holds the GPU while a timed call is enqueued (False: time from a device sync, with the
+    # launch latency in it); the least half-width of the speedup interval, relative
     tf32: bool = False
     gpus: int = 0
     build_cache_dir: str = ""
     build_timeout_s: float = 600.0
     l2_flush_mb: int = 0
-    keep_alive_ms: float = 0.0
-    launch_lead_us: float = 200.0  # hides the ~0.1-0.2 ms launch latency after a sync (docs/evaluator.md)
+    gpu_hold: bool = True
+    min_interval_rel: float = 0.01  # two processes timing one program on one GPU differ by up to ~1% (docs/evaluator.md)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ValueError(f"evaluator device {self.device!r} is not supported; allowed: {list(DEVICES)}")
         if self.gpus < 0 or self.l2_flush_mb < 0 or self.build_timeout_s <= 0:
             raise ValueError("evaluator settings gpus and l2_flush_mb must be >= 0 and build_timeout_s > 0")
-        for name, top in (("keep_alive_ms", 1000.0), ("launch_lead_us", 10000.0)):
-            if not 0 <= float(getattr(self, name)) <= top:
-                raise ValueError(f"evaluator setting {name} must be between 0 and {top:g}, got {getattr(self, name)!r}")
+        if not 0 <= float(self.min_interval_rel) < 1:
+            raise ValueError(f"evaluator setting min_interval_rel must be in [0, 1), got {self.min_interval_rel!r}")
         for name in ("threads", "correctness_trials", "timing_rounds", "calls_per_round", "max_parallel"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"evaluator setting {name} must be >= 1, got {getattr(self, name)!r}")

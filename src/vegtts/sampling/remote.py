@@ -17,7 +17,7 @@ from typing import Any
 
 from vegtts.io import provenance, write_parquet
 from vegtts.records import to_row
-from vegtts.sampling.conversion import Generation, to_raw_sample
+from vegtts.sampling.conversion import Generation, adapter_name, to_raw_sample
 from vegtts.sampling.prompts import build_prompt, chat_user_turn, prompt_sha
 from vegtts.sampling.transformers_backend import SamplerSettings, _to_record, encode_prompt, load_task_specs
 
@@ -63,21 +63,24 @@ def run_remote_sampling(
     spec = specs[task_id]
     tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(model_path)
     prompt = build_prompt(spec, s.prompt_format, s.prompt_style, s.n_shots, tokenizer, reference=s.prompt_reference)
+    prompt_ids = [int(t) for t in encode_prompt(tokenizer, prompt)[0]]
     t0 = time.perf_counter()
     with tqdm(total=s.k, desc=f"sample {task_id} ({backend})", unit="sample") as bar:
         if backend == "openai":
-            gens, backend_meta, sent_prompt = _sample_openai(prompt, spec.task_id, s, backend_settings, out_parquet, bar)
+            gens, backend_meta, sent_prompt = _sample_openai(prompt, spec.task_id, s, backend_settings, out_parquet, bar, adapter_path)
         else:
             from vegtts.sampling.vllm_backend import sample_vllm
 
-            gens, backend_meta = sample_vllm(prompt, spec.task_id, s, backend_settings, model_path, adapter_path, bar)
+            gens, backend_meta = sample_vllm(prompt, spec.task_id, s, backend_settings, model_path, adapter_path, bar,
+                                             prompt_ids=prompt_ids)
             sent_prompt = prompt
     seconds = time.perf_counter() - t0
-    n_prompt = int(encode_prompt(tokenizer, prompt).shape[1])
+    n_prompt = len(prompt_ids)
     stops = s.stops()
-    model_id = f"{backend}:{backend_meta['model']}" + (f"+{Path(adapter_path).name}" if adapter_path else "")
+    model_id = f"{backend}:{backend_meta['model']}" + (f"+{adapter_name(adapter_path)}" if adapter_path else "")
     records = [
-        _to_record(to_raw_sample(g, stops, tokenizer), i, spec, s, s.seed, policy, prompt_sha(sent_prompt), n_prompt, model_id, tokenizer)
+        _to_record(to_raw_sample(g, stops, tokenizer, s.max_new_tokens), i, spec, s, s.seed, policy, prompt_sha(sent_prompt),
+                   n_prompt, model_id, tokenizer)
         for i, g in enumerate(gens)
     ]
     df = pd.DataFrame([to_row(r) for r in records])
@@ -102,9 +105,10 @@ def run_remote_sampling(
 
 
 def _sample_openai(
-    prompt: str, task_id: str, s: SamplerSettings, backend_settings: dict[str, Any], out: Path, bar: Any
+    prompt: str, task_id: str, s: SamplerSettings, backend_settings: dict[str, Any], out: Path, bar: Any,
+    adapter_path: str | Path | None = None,
 ) -> tuple[list[Generation], dict[str, Any], str]:
-    from vegtts.sampling.openai_backend import OpenAISettings, RequestJournal, public_url, sample_remote
+    from vegtts.sampling.openai_backend import OpenAISettings, public_url, sample_remote
 
     o = OpenAISettings.from_dict(backend_settings)
     if o.api == "chat":  # the server applies its chat template to a user turn made from the plain prompt
@@ -114,7 +118,7 @@ def _sample_openai(
         sent = json.dumps({"messages": [{"role": "user", "content": text}]})
     else:
         text = sent = prompt
-    gens, server = sample_remote(text, task_id, s, o, RequestJournal(journal_path(out)), bar)
+    gens, server = sample_remote(text, task_id, s, o, journal_path(out), bar, adapter_path)
     meta = {
         "name": "openai",
         "base_url": public_url(o.base_url),
@@ -124,5 +128,6 @@ def _sample_openai(
         "server_model": server.get("model"),
         "system_fingerprint": server.get("system_fingerprint"),
         "n_requests": server.get("n_requests"),
+        "adapter": server.get("adapter"),
     }
     return gens, meta, sent

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +233,10 @@ def _to_record(
     model_id: str,
     tokenizer: Any,
 ) -> SampleRecord:
+    bad = next((i for i, x in enumerate(raw.token_logprobs) if not math.isfinite(x)), None)
+    if bad is not None:  # every backend: a sample without a finite log-prob per token is never stored
+        raise RuntimeError(f"task {spec.task_id} sample {idx}: token {bad} has log-prob {raw.token_logprobs[bad]!r} "
+                           "(not finite); the model or backend produced invalid numbers")
     ext = extract(raw.text, s.prompt_format, raw.finish_reason)
     program = assemble_program(spec, s.prompt_format, ext.code) if ext.status != "no_code" else ""
     start, end = code_token_span(raw.token_ids, tokenizer, ext.char_start, ext.char_end) if ext.code else (0, 0)

@@ -75,6 +75,7 @@ def resolve_tasks_to_json(suite_cfg: dict[str, Any], out_path: str | Path, valid
             "tasks": tasks,
             "provenance": provenance(suite_cfg=dict(suite_cfg), tasks_code=code_fingerprint("tasks"), validated=validate),
         },
+        manifest=True,  # its digest beside it: readers verify it (vegtts.io.verify_artifact)
     )
     return specs
 
