@@ -255,7 +255,7 @@ def test_slow_correct_candidate_times_out_not_the_reference():
         ("class ModelNew(Model)\n    pass", "syntax_error", "SyntaxError"),
         ("undefined_name()\nclass ModelNew(Model):\n    pass", "compile_error", "NameError"),
         ("class Other(Model):\n    pass", "compile_error", "ModelNew"),
-        ("class ModelNew(nn.Module):\n    def __init__(self, a, b):\n        super().__init__()\n        self.w = nn.Linear(3, 3)", "compile_error", "state_dict"),
+        ("class ModelNew(nn.Module):\n    def __init__(self, a, b):\n        super().__init__()\n        self.w = nn.Linear(3, 3)", "rejected", "do not have the reference's shapes"),
         ("class ModelNew(Model):\n    def forward(self, x):\n        raise ValueError('boom')", "runtime_error", "boom"),
         ("class ModelNew(Model):\n    def forward(self, x):\n        return super().forward(x) + 1", "incorrect", "tolerance"),
         ("class ModelNew(Model):\n    def forward(self, x):\n        return super().forward(x)[:8]", "incorrect", "shape"),
@@ -553,8 +553,10 @@ def test_hidden_work_is_charged_symmetrically():
     ref = _rounds([10, 10, 10, 10], [2, 2, 3, 2])
     honest = _rounds([5, 5, 5, 5], [2, 3, 2, 2])
     a, b = charged_rounds(ref, honest, threads=1)
-    # each side pays only its own excess over the other's untimed CPU in that round
-    assert a == [10e6, 10e6, 11e6, 10e6] and b == [5e6, 6e6, 5e6, 5e6]
+    # excess of -1..1 ms, not consistently on one side: noise, nobody is charged
+    assert a == [10e6] * 4 and b == [5e6] * 4
+    spiky = _rounds([5, 5, 5, 5], [2, 60, 2, 2])  # one slow load (a page-fault storm): not hidden work
+    assert charged_rounds(ref, spiky, threads=1)[1] == [5e6] * 4
     hiding = _rounds([1, 1, 1, 1], [12, 12, 13, 12])  # 10 ms per round moved into untimed requests
     a, b = charged_rounds(ref, hiding, threads=1)
     assert b == [11e6, 11e6, 11e6, 11e6]  # all of it back on its clock: no gain over the honest 5 ms
