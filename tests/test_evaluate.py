@@ -97,10 +97,7 @@ def run_one(problem: str, body: str, settings: EvalSettings = FAST, **kw):
 
 
 def sandbox_processes() -> list[int]:
-    """Live sandboxed processes (uids >= 1e9) other than the task's kept reference child."""
-    from vegtts.evaluate.runner import reference_child_pids
-
-    keep = reference_child_pids()
+    """Live sandboxed processes (uids >= 1e9): none may outlive an evaluation."""
     pids = []
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
@@ -109,7 +106,7 @@ def sandbox_processes() -> list[int]:
             continue
         uid = int(re.search(r"^Uid:\s+(\d+)", text, re.M).group(1))
         state = re.search(r"^State:\s+(\w)", text, re.M).group(1)
-        if uid >= 1_000_000_000 and state != "Z" and int(status.parent.name) not in keep:
+        if uid >= 1_000_000_000 and state != "Z":
             pids.append(int(status.parent.name))
     return pids
 
@@ -142,6 +139,11 @@ def test_settings_hash_ignores_parallelism_only():
     a, b = EvalSettings(max_parallel=1), EvalSettings(max_parallel=8)
     assert a.settings_hash() == b.settings_hash()
     assert a.settings_hash() != EvalSettings(timing_rounds=16).settings_hash()
+    assert a.settings_hash() != EvalSettings(timing_resolution=0.0).settings_hash()
+    cuda = EvalSettings(device="cuda")  # a CPU-only setting leaves CUDA verdicts' key alone
+    assert cuda.settings_hash() == EvalSettings(device="cuda", timing_resolution=0.0).settings_hash()
+    with pytest.raises(ValueError, match="timing_resolution"):
+        EvalSettings(timing_resolution=-0.1)
 
 
 def test_tolerance_is_relative_per_element_and_nan_strict():
@@ -184,7 +186,7 @@ def test_honest_candidate_is_ok_with_a_speedup_near_one():
     rec = run_one("scale", HONEST)
     assert rec.status == "ok" and rec.correct, rec.error
     assert rec.speedup > 0 and rec.speedup_lo <= rec.speedup <= rec.speedup_hi
-    assert rec.n_timing_rounds == FAST.timing_rounds
+    assert FAST.timing_rounds <= rec.n_timing_rounds <= 2 * FAST.timing_rounds  # more rounds while the interval is wide
     assert rec.max_abs_err == 0.0
 
 
@@ -210,8 +212,8 @@ def test_faster_rewrite_has_an_interval_above_one():
     spec = next(iter(load_tasks({"suite": "builtin", "ids": ["relu_thrice"]})))
     prog = spec.source + "\n\nclass ModelNew(Model):\n    def forward(self, x):\n        return torch.relu(x)\n"
     (rec,) = evaluate_task(spec, [(sha256_text(prog), prog)], settings, None)
-    assert rec.status == "ok", rec.error
-    assert rec.speedup_lo > 1.0, (rec.speedup, rec.speedup_lo, rec.speedup_hi)
+    assert rec.status == "ok", (rec.status, rec.error)
+    assert rec.speedup_lo > 1.0, (rec.speedup, rec.speedup_lo, rec.speedup_hi, rec.n_timing_rounds, rec.flags)
 
 
 def test_excessive_speedup_is_retimed_in_fresh_children_and_flagged(monkeypatch):
@@ -229,13 +231,14 @@ def test_excessive_speedup_is_retimed_in_fresh_children_and_flagged(monkeypatch)
         return verdict
 
     monkeypatch.setattr(runner, "time_candidate", first_reports_50x)
+    monkeypatch.setattr(runner, "ensure_control", lambda ctx, launcher: None)  # not under test here
     launcher = CountingLauncher()
     rec = run_one("scale", HONEST, launcher=launcher)
     assert rec.status == "ok", rec.error
     assert len(calls) == 2 and calls[0][0] != calls[1][0] and calls[0][1] != calls[1][1]
-    assert rec.flags.split(",")[0] == "excessive_speedup_retimed"
+    assert "excessive_speedup_retimed" in rec.flags.split(",") and "excessive_speedup" not in rec.flags.split(",")
     assert rec.speedup < 10  # the verdict is the re-timed one (honest: near 1)
-    assert launcher.launches == 4  # candidate child, reference child, a fresh pair to re-time
+    assert launcher.launches == 6  # correctness child and timing pair, twice: everything is measured again
 
 
 def test_slow_correct_candidate_times_out_not_the_reference():
@@ -252,7 +255,7 @@ def test_slow_correct_candidate_times_out_not_the_reference():
         ("class ModelNew(Model)\n    pass", "syntax_error", "SyntaxError"),
         ("undefined_name()\nclass ModelNew(Model):\n    pass", "compile_error", "NameError"),
         ("class Other(Model):\n    pass", "compile_error", "ModelNew"),
-        ("class ModelNew(nn.Module):\n    def __init__(self, a, b):\n        super().__init__()\n        self.w = nn.Linear(3, 3)", "compile_error", "state_dict"),
+        ("class ModelNew(nn.Module):\n    def __init__(self, a, b):\n        super().__init__()\n        self.w = nn.Linear(3, 3)", "rejected", "do not have the reference's shapes"),
         ("class ModelNew(Model):\n    def forward(self, x):\n        raise ValueError('boom')", "runtime_error", "boom"),
         ("class ModelNew(Model):\n    def forward(self, x):\n        return super().forward(x) + 1", "incorrect", "tolerance"),
         ("class ModelNew(Model):\n    def forward(self, x):\n        return super().forward(x)[:8]", "incorrect", "shape"),
@@ -333,7 +336,8 @@ def test_hack_corpus(path, tmp_path):
             if os.geteuid() != 0:
                 pytest.skip("children get a uid of their own only when the evaluator runs as root")
             # a world-readable tree like a real checkout: results/ and the cache belong to the runner
-            root = Path(tempfile.mkdtemp(prefix="vegtts-hack-"))
+            # (not under /tmp: each child has a private /tmp of its own and would not see it at all)
+            root = Path(tempfile.mkdtemp(prefix=".vegtts-hack-", dir=HACKS.parent))
             stack.callback(shutil.rmtree, root, True)
             forbidden = [root / "results", root / "cache"]
             for folder in [root, *forbidden]:
@@ -341,22 +345,27 @@ def test_hack_corpus(path, tmp_path):
                 folder.chmod(0o755)
             text = text.replace("__FORBIDDEN__", repr([str(f) for f in forbidden]))
         spec = hack_spec(problem)
-        prog = spec.source.rstrip("\n") + "\n\n\n" + text
+        runs = int((re.search(r"^# runs: (\d+)", text, re.M) or [0, "1"])[1])
         before = time.monotonic()
         cache_dir = forbidden[1] if forbidden else None
-        rec = evaluate_task(spec, [(sha256_text(prog), prog)], EvalSettings(**settings), cache_dir)[0]
+        for run in range(runs):  # "runs: n": a later candidate of the task (state left by an earlier one)
+            prog = spec.source.rstrip("\n") + "\n\n\n" + text.replace("__RUN__", str(run))
+            rec = evaluate_task(spec, [(sha256_text(prog), prog)], EvalSettings(**settings), cache_dir)[0]
         if "__PORT__" in path.read_text():
             assert accepted == [], "the candidate reached a listener on 127.0.0.1"
             assert "network is unreachable" in rec.error.lower() or "errno" in rec.error.lower(), rec.error
     assert rec.status in statuses, (rec.status, rec.error, rec.guard)
     assert all(s in STATUSES for s in statuses)
+    no_gain = re.search(r"^# no_gain: (\S+)", text, re.M)
+    if no_gain:
+        assert rec.speedup < float(no_gain.group(1)), (rec.speedup, rec.speedup_lo, rec.speedup_hi, rec.flags)
     if guard:
         assert (rec.guard + " " + rec.error).startswith(guard) or guard in rec.error, (rec.guard, rec.error)
     for folder in forbidden:
         assert not (folder / "pwned.txt").exists()
     if forbidden:
         assert "permission denied" in rec.error.lower(), rec.error
-    assert time.monotonic() - before < 90
+    assert time.monotonic() - before < 90 * runs
     assert no_sandbox_process_left(), "a sandboxed process outlived its evaluation"
 
 
@@ -385,11 +394,14 @@ class CountingLauncher:
         pass
 
 
-def test_identical_programs_are_evaluated_once():
+def test_identical_programs_are_evaluated_once(monkeypatch):
+    from vegtts.evaluate import runner
+
+    monkeypatch.setattr(runner, "ensure_control", lambda ctx, launcher: None)  # the task's A/A control: its own test
     prog = program("scale", HONEST)
     launcher = CountingLauncher()
     recs = evaluate_task(spec_of("scale"), [("a", prog), ("b", prog), ("c", prog), ("", "")], FAST, launcher=launcher)
-    assert launcher.launches == 2  # one candidate child (correctness + timing), one reference child
+    assert launcher.launches == 3  # one child for correctness, then a fresh pair (candidate, reference) for timing
     assert [r.status for r in recs] == ["ok", "ok", "ok", "no_code"]
     assert [r.code_sha256 for r in recs[:3]] == ["a", "b", "c"]
     assert recs[0].speedup == recs[1].speedup == recs[2].speedup
@@ -446,6 +458,7 @@ def test_evaluate_samples_file(tmp_path):
     assert {"speedup", "speedup_lo", "cached", "policy", "seed", "max_abs_err"} <= set(back.columns)
     meta = read_parquet_metadata(out)
     assert meta["settings"]["timing_rounds"] == FAST.timing_rounds and "hardware" in meta and "provenance" in meta
+    assert meta["aa_control"]["n_rounds"] >= FAST.timing_rounds  # the task's A/A control, kept with the results
     assert len(df) == 4
     with pytest.raises(ValueError):
         evaluate_samples_file(samples, spec_of("softmax"), FAST.to_dict(), None, tmp_path / "x.parquet")
@@ -523,30 +536,92 @@ def test_resolve_tasks_records_validation_findings(tmp_path, caplog):
     assert all("validation" not in t for t in json.loads(out.read_text())["tasks"])
 
 
-def test_background_work_reason():
-    from vegtts.evaluate.runner import background_work_reason
-    from vegtts.evaluate.session import CpuUse
+def _rounds(run_ms, untimed_ms, request_ms=None):
+    from vegtts.evaluate.runner import SideRounds
 
     ms = 1_000_000
-    honest = CpuUse(between_requests_ns=1 * ms, in_timed_ns=400 * ms, timed_wall_ns=410 * ms, measured=True)
-    ref = CpuUse(between_requests_ns=0, in_timed_ns=600 * ms, timed_wall_ns=610 * ms, measured=True)
-    assert background_work_reason(honest, ref, threads=1) is None
-    # 30 ms off the clock: above max(10 ms, 5% of 400 ms = 20 ms)
-    hidden = CpuUse(between_requests_ns=30 * ms, in_timed_ns=400 * ms, timed_wall_ns=410 * ms, measured=True)
-    assert background_work_reason(hidden, ref, threads=1).startswith("background_work:")
-    # like with like: a reference that winds down a thread pool between requests sets the baseline
-    spinning_ref = CpuUse(between_requests_ns=25 * ms, in_timed_ns=600 * ms, timed_wall_ns=610 * ms, measured=True)
-    assert background_work_reason(hidden, spinning_ref, threads=1) is None
-    # two cpus' worth of CPU in requests with a budget of one thread
-    wide = CpuUse(between_requests_ns=0, in_timed_ns=800 * ms, timed_wall_ns=410 * ms, measured=True)
-    assert background_work_reason(wide, ref, threads=1).startswith("cpu_budget:")
-    assert background_work_reason(wide, ref, threads=2) is None
-    unmeasured = CpuUse(between_requests_ns=10**12, measured=False)
-    assert background_work_reason(unmeasured, ref, threads=1) is None
+    n = len(run_ms)
+    request_ms = request_ms if request_ms is not None else untimed_ms
+    return SideRounds(run_cpu=[int(x * ms) for x in run_ms], run_wall=[int(x * ms) for x in run_ms],
+                      untimed_cpu=[int(x * ms) for x in untimed_ms], request_cpu=[int(x * ms) for x in request_ms],
+                      cpu_marks=[(0, 0)] * n)
+
+
+def test_hidden_work_is_charged_symmetrically():
+    from vegtts.evaluate.runner import charged_rounds
+
+    ref = _rounds([10, 10, 10, 10], [2, 2, 3, 2])
+    honest = _rounds([5, 5, 5, 5], [2, 3, 2, 2])
+    a, b = charged_rounds(ref, honest, threads=1)
+    # excess of -1..1 ms, not consistently on one side: noise, nobody is charged
+    assert a == [10e6] * 4 and b == [5e6] * 4
+    spiky = _rounds([5, 5, 5, 5], [2, 60, 2, 2])  # one slow load (a page-fault storm): not hidden work
+    assert charged_rounds(ref, spiky, threads=1)[1] == [5e6] * 4
+    hiding = _rounds([1, 1, 1, 1], [12, 12, 13, 12])  # 10 ms per round moved into untimed requests
+    a, b = charged_rounds(ref, hiding, threads=1)
+    assert b == [11e6, 11e6, 11e6, 11e6]  # all of it back on its clock: no gain over the honest 5 ms
+    a2, b2 = charged_rounds(ref, hiding, threads=2)  # threads > 1: wall time plus the excess CPU / threads
+    assert b2 == [6e6, 6e6, 6e6, 6e6]
+
+
+def test_untimed_and_background_work_reasons():
+    from vegtts.evaluate.runner import untimed_work_reason
+
+    n = 15
+    ref = _rounds([10] * n, [2] * n)
+    # honest noise in the loads: no rejection, whichever side is busier in a round
+    noisy = _rounds([5] * n, [2 + (i % 3) for i in range(n)])
+    assert untimed_work_reason(ref, noisy) is None
+    # one big burst in a load (a cache warming once) is charged, not rejected
+    burst = _rounds([5] * n, [2] * (n - 1) + [40])
+    assert untimed_work_reason(ref, burst) is None
+    # hidden work in every round's load, larger than the candidate's own timed work: rejected
+    hiding = _rounds([1] * n, [9] * n)
+    assert untimed_work_reason(ref, hiding).startswith("untimed_work:")
+    # the same excess between requests (a background thread): rejected once its sum passes 10 ms
+    background = _rounds([5] * n, [3] * n, request_ms=[2] * n)
+    assert untimed_work_reason(ref, background).startswith("background_work:")
+    assert untimed_work_reason(ref, _rounds([5] * n, [2.5] * n, request_ms=[2] * n)) is None  # 7.5 ms in all
+
+
+def test_cpu_budget_only_binds_wall_timed_multithreaded_runs():
+    from vegtts.evaluate.runner import SideRounds, cpu_budget_reason
+
+    ms = 1_000_000
+    wide = SideRounds(run_cpu=[20 * ms] * 5, run_wall=[10 * ms] * 5)
+    assert cpu_budget_reason(wide, threads=1) is None  # timed by its CPU clock: the 20 ms count
+    assert cpu_budget_reason(wide, threads=2) is None
+    wider = SideRounds(run_cpu=[40 * ms] * 5, run_wall=[10 * ms] * 5)
+    assert cpu_budget_reason(wider, threads=2).startswith("cpu_budget:")
+
+
+def test_paired_interval_covers_the_median_at_the_nominal_rate():
+    import numpy as np
+
+    from vegtts.evaluate.stats import median_interval_rank, paired_speedup_stats
+
+    assert [median_interval_rank(n) for n in (5, 6, 15, 16, 20, 30)] == [1, 1, 4, 4, 6, 10]
+    rng = np.random.default_rng(0)
+    above = below = 0
+    for _ in range(2000):  # A/A: both sides from one distribution, heavy-tailed bursts included
+        base = rng.lognormal(0, 0.3, 15) * 5
+        ref = base * rng.lognormal(0, 0.05, 15) * np.where(rng.random(15) < 0.1, 2, 1)
+        cand = base * rng.lognormal(0, 0.05, 15) * np.where(rng.random(15) < 0.1, 2, 1)
+        st = paired_speedup_stats(list(ref), list(cand))
+        above += st.speedup_lo > 1
+        below += st.speedup_hi < 1
+    assert above / 2000 <= 0.025 and below / 2000 <= 0.025, (above, below)
+    st = paired_speedup_stats([10.0] * 15, [5.0 + 0.01 * i for i in range(15)])
+    assert 1.8 < st.speedup_lo <= st.speedup <= st.speedup_hi <= 2.0
+    # the resolution term widens both sides in quadrature: identical rounds still get an interval
+    flat = paired_speedup_stats([10.0] * 15, [10.0] * 15, resolution=0.02)
+    assert flat.speedup == 1.0 and math.isclose(math.log(flat.speedup_hi), 1.959964 * 0.02, rel_tol=1e-6)
+    assert math.isclose(math.log(flat.speedup_lo), -1.959964 * 0.02, rel_tol=1e-6)
 
 
 def test_child_cpu_clock_counts_work_between_requests():
     """The process CPU clock of a real child sees a thread that works after its request returned."""
+    from vegtts.evaluate.runner import ReferenceContext
     from vegtts.evaluate.session import ChildSession
 
     program = PROBLEMS["scale"] + (
@@ -557,17 +632,202 @@ def test_child_cpu_clock_counts_work_between_requests():
         "        threading.Thread(target=lambda: [torch.mm(a, a) for _ in range(3000)]).start()\n"
         "        return super().forward(x)\n"
     )
-    from vegtts.evaluate.runner import ReferenceContext
-
     ctx = ReferenceContext.build(spec_of("scale"), FAST)
     with ChildSession(shared_fork_server(), threads=1, memory_limit_mb=1024, timeout_s=30) as child:
-        cpu = child.track_cpu()
         child.request(ctx.setup_request("cand", program))
         try:
-            child.request(ctx.trials[0].payload)
+            m = child.measured_request(ctx.trials[0].payload)
+            assert m.cpu_ns is not None and m.cpu_ns >= 0
         except Exception:  # noqa: BLE001 - the background_thread guard may reject the call; the thread runs anyway
             pass
+        mark = child.cpu_ns()
         time.sleep(0.5)
-        child.request(ctx.setup_request("cand", PROBLEMS["scale"] + "\n\nclass ModelNew(Model):\n    pass\n"))
-    assert cpu.measured
-    assert cpu.between_requests_ns > 20_000_000, cpu
+        assert child.cpu_ns() - mark > 20_000_000
+
+
+# ----------------------------------------------------------------------------- confinement
+
+
+def test_seccomp_filter_refuses_processes_and_channels_but_not_threads():
+    import errno
+
+    from vegtts.evaluate import sandbox
+
+    if sandbox.seccomp_program() is None:
+        pytest.skip("no seccomp table for this architecture")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked process
+        os.close(r)
+        results = {"installed": sandbox.no_new_processes()}
+        box: list[int] = []
+        t = threading.Thread(target=lambda: box.append(1))
+        t.start()
+        t.join()
+        results["thread"] = box == [1]
+        for name, fn in (("fork", os.fork), ("socket", socket.socket), ("affinity", lambda: os.sched_setaffinity(0, {0})),
+                         ("exec", lambda: os.execv("/bin/true", ["true"]))):
+            try:
+                fn()
+                results[name] = "allowed"
+            except OSError as exc:
+                results[name] = exc.errno
+        os.write(w, json.dumps(results).encode())
+        os._exit(0)
+    os.close(w)
+    results = json.loads(os.read(r, 4096))
+    os.waitpid(pid, 0)
+    assert results["installed"] and results["thread"], results
+    assert results["fork"] == results["socket"] == results["affinity"] == results["exec"] == errno.EPERM, results
+
+
+WRITER = """
+import os
+
+for d in ("/tmp", "/dev/shm", "/var/tmp"):
+    with open(os.path.join(d, "left_by_a_candidate"), "w") as f:
+        f.write("x")
+
+
+class ModelNew(Model):
+    pass
+"""
+READER = """
+import os
+
+_found = [d for d in ("/tmp", "/dev/shm", "/var/tmp") if os.path.exists(os.path.join(d, "left_by_a_candidate"))]
+if _found:
+    raise RuntimeError(f"found what an earlier candidate left in {_found}")
+
+
+class ModelNew(Model):
+    pass
+"""
+
+
+def test_nothing_a_candidate_writes_reaches_the_next_candidate():
+    if os.geteuid() != 0:
+        pytest.skip("private /tmp and /dev/shm need root (a mount namespace per child)")
+    progs = (program("scale", WRITER), program("scale", READER))
+    recs = evaluate_task(spec_of("scale"), [(sha256_text(p), p) for p in progs], EvalSettings(**{**FAST.to_dict(), "max_parallel": 1}))
+    assert [r.status for r in recs] == ["ok", "ok"], [(r.status, r.error) for r in recs]
+    for d in ("/tmp", "/dev/shm", "/var/tmp"):
+        assert not os.path.exists(os.path.join(d, "left_by_a_candidate"))
+
+
+def test_parent_reads_outputs_from_the_childs_memory():
+    import numpy as np
+
+    from vegtts.evaluate.readback import draw_positions, parse_leaves, read_sampled
+
+    data = torch.arange(6000, dtype=torch.float32).reshape(60, 100)
+    view = data.t()  # non-contiguous: addresses from the strides
+    leaves = parse_leaves([[view.data_ptr(), list(view.shape), list(view.stride()), str(view.dtype), 4], {"value": 3}])
+    positions = draw_positions(leaves, np.random.default_rng(0))
+    values = read_sampled(os.getpid(), leaves, positions)
+    assert torch.equal(values[0], view.reshape(-1)[torch.from_numpy(positions[0])]) and values[1] == 3
+    bad = parse_leaves([[8, [4], [1], "torch.float32", 4]])  # an address nobody maps
+    assert read_sampled(os.getpid(), bad, draw_positions(bad, np.random.default_rng(0))) is None
+
+
+# ----------------------------------------------------------------------------- verdicts that hold
+
+
+def _fake_timing(verdicts):
+    """A time_candidate that times for real, then returns the given verdicts in turn (then the real ones)."""
+    from vegtts.evaluate import runner
+
+    real = runner.time_candidate
+    queue = list(verdicts)
+
+    def fake(ctx, ref, cand):
+        verdict = real(ctx, ref, cand)
+        return queue.pop(0) if queue else verdict
+
+    return fake
+
+
+def test_a_timing_based_rejection_is_remeasured_and_only_a_confirmed_one_is_cached(monkeypatch, tmp_path):
+    from vegtts.evaluate import runner
+
+    monkeypatch.setattr(runner, "ensure_control", lambda ctx, launcher: None)
+    noise = runner.Verdict("rejected", "untimed_work: noise", "untimed_work", phase="timing")
+    prog = program("scale", HONEST + "\n# remeasure")
+    monkeypatch.setattr(runner, "time_candidate", _fake_timing([noise]))
+    rec = evaluate_task(spec_of("scale"), [(sha256_text(prog), prog)], FAST, tmp_path)[0]
+    assert rec.status == "ok" and rec.guard == "", (rec.status, rec.error)
+    assert {"remeasured", "first_untimed_work"} <= set(rec.flags.split(","))
+    assert len(list(tmp_path.rglob("*.json"))) == 1  # the re-measured ok is cached
+
+    prog2 = program("scale", HONEST + "\n# confirmed")
+    monkeypatch.setattr(runner, "time_candidate", _fake_timing([noise, noise]))
+    rec = evaluate_task(spec_of("scale"), [(sha256_text(prog2), prog2)], FAST, tmp_path)[0]
+    assert rec.status == "rejected" and rec.guard == "untimed_work", (rec.status, rec.error)
+    assert len(list(tmp_path.rglob("*.json"))) == 2  # confirmed twice: it stands, and is cached
+
+    prog3 = program("scale", HONEST + "\n# unconfirmed")
+    other = runner.Verdict("rejected", "background_work: noise", "background_work", phase="timing")
+    monkeypatch.setattr(runner, "time_candidate", _fake_timing([noise, other]))
+    rec = evaluate_task(spec_of("scale"), [(sha256_text(prog3), prog3)], FAST, tmp_path)[0]
+    assert rec.status == "rejected" and rec.guard == "background_work"
+    assert len(list(tmp_path.rglob("*.json"))) == 2  # two different timing guards: not confirmed, not cached
+
+
+def test_reference_time_jump_is_remeasured(monkeypatch):
+    from vegtts.evaluate import runner
+    from vegtts.evaluate.stats import TimingStats
+
+    def control(ctx, launcher):
+        ctx.control = TimingStats(1.0, 1.0, 0, 0, 1.0, 0.9, 1.1, 15)
+
+    monkeypatch.setattr(runner, "ensure_control", control)
+    jumped = runner.Verdict("ok", timing=TimingStats(40.0, 10.0, 0, 0, 4.0, 3.5, 4.5, 15), phase="timing")
+    monkeypatch.setattr(runner, "time_candidate", _fake_timing([jumped]))
+    prog = program("scale", HONEST + "\n# jump")
+    rec = evaluate_task(spec_of("scale"), [(sha256_text(prog), prog)], FAST)[0]
+    assert rec.status == "ok" and {"remeasured", "first_reference_time_jump"} <= set(rec.flags.split(",")), rec.flags
+    assert rec.speedup < 4.0
+
+
+def test_aa_control_that_excludes_one_twice_flags_the_task(monkeypatch):
+    from dataclasses import replace
+
+    from vegtts.evaluate import runner
+    from vegtts.evaluate.stats import TimingStats
+
+    biased = runner.Verdict("ok", timing=TimingStats(1.2, 1.0, 0, 0, 1.2, 1.1, 1.3, 15), phase="timing")
+    real = runner.measure_once
+    seen = []
+
+    def measure(ctx, prog, launcher):
+        seen.append(prog)
+        return replace(biased) if prog.endswith(runner.REFERENCE_COPY_BODY) else real(ctx, prog, launcher)
+
+    monkeypatch.setattr(runner, "measure_once", measure)
+    runner._last_context.clear()  # a fresh task context: its control is not measured yet
+    prog = program("scale", HONEST + "\n# control")
+    rec = evaluate_task(spec_of("scale"), [(sha256_text(prog), prog)], FAST)[0]
+    runner._last_context.clear()  # the next test gets a real control
+    assert rec.status == "ok" and "aa_control_failed" in rec.flags.split(","), rec.flags
+    assert sum(p.endswith(runner.REFERENCE_COPY_BODY) for p in seen) == 2
+
+
+def test_reference_copies_are_flagged():
+    from vegtts.evaluate.guards import is_reference_copy
+
+    ref = PROBLEMS["softmax"]
+    documented = ref[ref.index("class Model"):ref.index("def get_inputs")].replace("class Model", "class ModelNew").replace(
+        "        m = x.max", '        """the same, documented"""\n        m = x.max')
+    copies = [
+        "class ModelNew(Model):\n    pass\n",
+        "class ModelNew(Model):\n    def forward(self, x):\n        return super().forward(x)\n",
+        "ModelNew = Model\n",
+        documented,
+    ]
+    for body in copies:
+        assert is_reference_copy(ref + "\n\n" + body, ref), body
+    for body in ("class ModelNew(Model):\n    def forward(self, x):\n        return torch.softmax(x, dim=-1)\n",
+                 "class ModelNew(Model):\n    def forward(self, x):\n        return super().forward(x * 1.0)\n"):
+        assert not is_reference_copy(ref + "\n\n" + body, ref), body
+    rec = run_one("scale", HONEST)
+    assert "reference_copy" in rec.flags.split(",")

@@ -1,10 +1,15 @@
 """The harness inside a child process (forked from the fork server, or a fresh interpreter).
 
 A child serves one session: ``setup`` (exec the task source or the candidate program, build the
-model, load the reference state), then ``forward`` trials (correctness) or ``load``/``run``/``last``
-batches (timing).  The reference role only ever execs the trusted task source.  Every reply says
+model, load the reference state), then ``forward`` trials (correctness) or ``load``/``run``/``end``
+requests (timing).  The reference role only ever execs the trusted task source.  Every reply says
 ``ok`` or carries a status (``compile_error``, ``runtime_error``, ``oom``, ``rejected``) and a
 short error; the parent, not the child, decides correctness and holds the clock.
+
+A ``run`` reply describes where each call's outputs live (address, shape, strides, dtype); the
+parent then reads sampled elements straight from this process's memory (``sandbox.read_memory``),
+so no code of the child runs while an output is checked, and keeps every call's outputs alive
+until the next ``load``/``end``.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class ChildState:
     threads: int = 1
     model: Any = None
     batch: list[list[Any]] = field(default_factory=list)
-    last_output: Any = None
+    outputs: list[Any] = field(default_factory=list)  # of the last run, alive until the parent has read them
     baseline_threads: int = 1
     previous_storages: list[int] = field(default_factory=list)
     kept_outputs: list[Any] = field(default_factory=list)  # alive, so a reused buffer shows as aliasing
@@ -137,7 +142,7 @@ def guard_torch_modes(state: ChildState, inputs: list[Any], output: Any) -> str 
     """No torch function/dispatch mode may stay active: it would intercept the harness's own
     tensor operations (e.g. finish a lazy output while the harness samples it, off the clock)."""
     try:
-        depth = torch._C._len_torch_function_stack() + torch._C._len_torch_dispatch_stack()
+        depth = _len_function_modes() + _len_dispatch_modes()
     except AttributeError:
         return None
     if depth:
@@ -179,26 +184,30 @@ def aliasing(inputs: list[Any], output: Any, previous: list[int]) -> dict[str, b
     return {"aliases_input": bool(out_ptrs & in_ptrs), "aliases_previous_output": bool(out_ptrs & set(previous))}
 
 
-def sample_output(output: Any, indices: list[Any]) -> dict[str, Any]:
-    """Replace the i-th tensor of `output` by its flattened values at indices[i] (all if None)."""
-    shapes: list[list[int]] = []
+# Bound before any candidate code runs: the candidate may replace the class attributes, not these.
+_data_ptr, _size, _stride, _element_size = torch.Tensor.data_ptr, torch.Tensor.size, torch.Tensor.stride, torch.Tensor.element_size
+_no_torch_function = torch._C.DisableTorchFunction
+_len_function_modes, _len_dispatch_modes = torch._C._len_torch_function_stack, torch._C._len_torch_dispatch_stack
 
-    def walk(obj: Any) -> Any:
-        if isinstance(obj, torch.Tensor):
-            i = len(shapes)
-            shapes.append(list(obj.shape))
-            flat = obj.reshape(-1)
-            idx = indices[i] if i < len(indices) else None
-            if idx is None:
-                return flat.clone()
-            if idx.numel() and int(idx.max()) >= flat.numel():
-                return flat[:0].clone()
-            return flat[idx]
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(walk(x) for x in obj)
-        return obj
 
-    return {"sampled": walk(output), "shapes": shapes}
+def describe_output(output: Any) -> list[Any]:
+    """The leaves of one call's output, in order: a tensor as [address, shape, strides, dtype,
+    element size] (the parent reads its elements from this process's memory), anything else
+    (None, bool, int, float) as {"value": v}.  Runs with torch functions' overrides disabled."""
+    leaves: list[Any] = []
+
+    def walk(obj: Any) -> None:
+        if type(obj) in (list, tuple):
+            for item in obj:
+                walk(item)
+        elif type(obj) is torch.Tensor:
+            leaves.append([_data_ptr(obj), list(_size(obj)), list(_stride(obj)), str(obj.dtype), _element_size(obj)])
+        else:
+            leaves.append({"value": obj})
+
+    with _no_torch_function():
+        walk(output)
+    return leaves
 
 
 def _short_error(exc: BaseException, filename: str) -> str:
@@ -296,15 +305,15 @@ def _forward(state: ChildState, inputs: list[Any], guards: tuple[Any, ...] | Non
 # ----------------------------------------------------------------------------- the session loop
 
 
-def child_main(sock: socket.socket) -> None:
+def child_main(sock: socket.socket, confinement: dict[str, Any] | None = None) -> None:
     """Serve one parent until it says bye or closes the socket.
 
     The harness functions are bound to locals here, before any candidate code runs, so a
     candidate that reassigns this module's attributes changes nothing the loop calls.
     """
     recv_message, send_json, send_message = _recv_message, _send_json, _send_message
-    _build, _forward, aliasing, sample_output, receive_batch, _failure = (
-        _build_, _forward_, _aliasing, _sample_output, _receive_batch, _failure_
+    _build, _forward, aliasing, describe, receive_batch, _failure = (
+        _build_, _forward_, _aliasing, _describe_output, _receive_batch, _failure_
     )
     guards = tuple(CHILD_GUARDS)
     tune_socket(sock)
@@ -326,7 +335,7 @@ def child_main(sock: socket.socket) -> None:
             try:
                 _build(state, msg)
                 state.baseline_threads = threading.active_count()
-                reply: dict[str, Any] = {"ok": True}
+                reply: dict[str, Any] = {"ok": True, "confinement": confinement or {}}
             except BaseException as exc:  # noqa: BLE001 - candidate code may raise anything
                 reply = _failure(exc, "compile_error", filename)
             send_json(sock, reply)
@@ -337,39 +346,30 @@ def child_main(sock: socket.socket) -> None:
                 flags = aliasing(inputs, output, state.previous_storages)
                 state.previous_storages.extend(t.untyped_storage().data_ptr() for t in _tensors(output))
                 state.kept_outputs.append(output)
-                send_message(sock, {"ok": True, "output": output, "inputs": inputs, **flags})
+                if msg.get("reply") == "ack":  # the pair's reference child: same work, nothing to send
+                    send_json(sock, {"ok": True})
+                else:
+                    send_message(sock, {"ok": True, "output": output, "inputs": inputs, **flags})
             except BaseException as exc:  # noqa: BLE001
                 send_json(sock, _failure(exc, "runtime_error", filename))
-        elif op == "load":  # inputs of the next timed batch, deserialised before the clock starts
-            state.batch = list(msg["batch"])
-            state.last_output = None
-            send_json(sock, {"ok": True})
-        elif op == "load_pool":  # round inputs as views into the pool (no copy, outside the clock)
+        elif op in ("load", "load_pool", "end"):  # next timed batch's inputs (outside the clock);
+            # releases the last batch and its outputs first ("end": nothing new)
             try:
-                state.batch = []
-                state.batch = receive_batch(sock, msg["calls"])
-                state.last_output = None
+                state.outputs, state.batch = [], []
+                if op == "load":
+                    state.batch = list(msg["batch"])
+                elif op == "load_pool":
+                    state.batch = receive_batch(sock, msg["calls"])
                 send_json(sock, {"ok": True})
             except BaseException as exc:  # noqa: BLE001
                 send_json(sock, _failure(exc, "runtime_error", filename))
         elif op == "run":  # the timed batch; the parent's clock runs from request to this reply
             try:
-                output = None
+                state.outputs = []
                 for inputs in state.batch:
-                    output = _forward(state, inputs, guards)
-                state.last_output = output
-                send_json(sock, {"ok": True})
+                    state.outputs.append(_forward(state, inputs, guards))
+                send_json(sock, {"ok": True, "nonce": msg.get("nonce"), "outputs": [describe(o) for o in state.outputs]})
             except BaseException as exc:  # noqa: BLE001
-                send_json(sock, _failure(exc, "runtime_error", filename))
-        elif op == "last":  # the last timed call's output at the element positions the parent chose,
-            # then (optionally) the next round's inputs, whose fd follows the request
-            try:
-                reply = {"ok": True, **sample_output(state.last_output, msg["indices"])}
-                if msg.get("load") is not None:
-                    state.batch, state.last_output = [], None
-                    state.batch = receive_batch(sock, msg["load"])
-                send_message(sock, reply)
-            except BaseException as exc:  # noqa: BLE001 - a hostile output object
                 send_json(sock, _failure(exc, "runtime_error", filename))
         else:
             send_json(sock, {"ok": False, "status": "crash", "error": f"harness: unknown op {op!r}"})
@@ -384,10 +384,10 @@ def spawn_main(fd: int) -> None:
 
     isolate_network()
     config = json.loads(os.environ["VEGTTS_CHILD_CONFIG"])
-    setup_child_process(config)
+    confinement = setup_child_process(config)
     sock = socket.socket(fileno=fd)
     try:
-        child_main(sock)
+        child_main(sock, confinement)
     finally:
         sys.stdout.flush()
         os._exit(0)
@@ -395,5 +395,5 @@ def spawn_main(fd: int) -> None:
 
 # originals, bound by child_main before candidate code can reassign the module attributes
 _recv_message, _send_json, _send_message = recv_message, send_json, send_message
-_build_, _forward_, _aliasing, _sample_output, _receive_batch, _failure_ = _build, _forward, aliasing, sample_output, receive_batch, _failure
+_build_, _forward_, _aliasing, _describe_output, _receive_batch, _failure_ = _build, _forward, aliasing, describe_output, receive_batch, _failure
 _WATCHED = _watched_objects()

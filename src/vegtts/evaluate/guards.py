@@ -206,3 +206,81 @@ def parent_check(ref: dict[str, Any], cand: dict[str, Any]) -> str | None:
         if reason:
             return reason
     return None
+
+
+# ----------------------------------------------------------------------------- reference copies
+
+
+class _Normalise(ast.NodeTransformer):
+    """Drops docstrings and annotations, and calls ModelNew `Model`: what does not change behaviour."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        return ast.copy_location(ast.Name(id="Model", ctx=node.ctx), node) if node.id == "ModelNew" else node
+
+    def _strip_body(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        body = [b for b in body if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str))]
+        return [b for b in body if not isinstance(b, ast.Pass)] or [ast.Pass()]
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        self.generic_visit(node)
+        node.returns = None
+        for a in node.args.args + node.args.kwonlyargs + node.args.posonlyargs:
+            a.annotation = None
+        node.body = self._strip_body(node.body)
+        return node
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        self.generic_visit(node)
+        node.body = self._strip_body(node.body)
+        return node
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
+        if node.value is None:
+            return ast.Pass()
+        return ast.copy_location(ast.Assign(targets=[node.target], value=node.value), node)
+
+
+def _classdef(tree: ast.Module, name: str) -> ast.ClassDef | None:
+    found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
+    return found[-1] if found else None
+
+
+def _is_delegation(fn: ast.stmt, params: list[str]) -> bool:
+    """`def m(self, *args): return super().m(*args)` (or Model.m(self, *args)), nothing else."""
+    if not isinstance(fn, ast.FunctionDef) or len(fn.body) != 1:
+        return False
+    stmt = fn.body[0]
+    call = stmt.value if isinstance(stmt, (ast.Return, ast.Expr)) else None
+    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Attribute) or call.func.attr != fn.name or call.keywords:
+        return False
+    args = [a.id if isinstance(a, ast.Name) else None for a in call.args]
+    target = ast.unparse(call.func.value)
+    if target == "super()":
+        return args == params[1:]
+    return target == "Model" and args == params
+
+
+def is_reference_copy(program: str, reference_source: str) -> bool:
+    """Is the candidate's ModelNew the reference's Model (normalised AST equal: docstrings,
+    annotations and the class name aside), a bare subclass of it, or a subclass whose methods
+    only delegate to Model's?  Such candidates are flagged `reference_copy` for the analyses."""
+    try:
+        tree, ref_tree = ast.parse(program), ast.parse(reference_source)
+    except (SyntaxError, ValueError, RecursionError):
+        return False
+    if any(isinstance(n, ast.Assign) and [ast.unparse(t) for t in n.targets] == ["ModelNew"] and ast.unparse(n.value) == "Model"
+           for n in tree.body):
+        return True
+    cand, ref = _classdef(tree, "ModelNew"), _classdef(ref_tree, "Model")
+    if cand is None or ref is None:
+        return False
+    cand, ref = _Normalise().visit(cand), _Normalise().visit(ref)
+    bases = [ast.unparse(b) for b in cand.bases]
+    if bases == ["Model"]:
+        body = [b for b in cand.body if not isinstance(b, ast.Pass)]
+        if all(isinstance(b, ast.FunctionDef) and _is_delegation(b, [a.arg for a in b.args.args]) for b in body):
+            return True
+    elif bases != [ast.unparse(b) for b in ref.bases]:
+        return False
+    cand.bases, ref.bases, cand.name = [], [], "Model"
+    return ast.dump(cand) == ast.dump(ref)

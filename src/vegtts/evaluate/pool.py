@@ -12,8 +12,10 @@ Each side gets its own copy of the inputs, so both read them from memory neither
 a round find the inputs warm in the cache.  Inputs are read-only pages: a forward that writes
 into its inputs (already `incorrect` in the correctness trials) crashes here.
 
-Work hidden in the untimed requests of a round (load, output check) is caught by timing them
-too and comparing with the reference's (runner.untimed_work_reason).
+Work hidden in the untimed requests of a round (the load) is put back on the candidate's clock:
+the parent charges every CPU cycle of the child's process outside its timed requests beyond the
+reference's (runner.charged_rounds).  Rounds beyond the planned ones (more rounds where the
+spread is wide) are added on demand (``add_round``).
 """
 
 from __future__ import annotations
@@ -59,32 +61,45 @@ class InputPool:
     fds: dict[tuple[int, int], int]  # (side, round) -> fd; side 0 = reference, 1 = candidate
     layout: dict[int, list[Any]]  # round -> per call: {"skeleton", "offsets"}
     round_bytes: int  # the largest round
+    sides: int = 2
 
     @classmethod
     def build(cls, batches: dict[int, list[list[Any]]], sides: int = 2) -> "InputPool":
-        pool = cls({}, {}, 0)
+        pool = cls({}, {}, 0, sides)
         try:
             for r, calls in batches.items():
-                chunks: list[tuple[int, torch.Tensor]] = []
-                pool.layout[r] = []
-                offset = 0
-                for inputs in calls:
-                    tensors: list[torch.Tensor] = []
-                    skel = _skeleton(list(inputs), tensors)
-                    places = []
-                    for t in tensors:
-                        places.append(offset)
-                        chunks.append((offset, t))
-                        offset = _align(offset + t.numel() * t.element_size())
-                    pool.layout[r].append({"skeleton": skel, "offsets": places})
-                size = max(offset, PAGE)
-                pool.round_bytes = max(pool.round_bytes, size)
-                for side in range(sides):
-                    pool.fds[(side, r)] = _sealed_memfd(size, chunks)
+                pool.add_round(r, calls)
         except BaseException:
             pool.close()
             raise
         return pool
+
+    def add_round(self, r: int, calls: list[list[Any]]) -> None:
+        """One more round's inputs, one sealed memfd per side."""
+        chunks: list[tuple[int, torch.Tensor]] = []
+        layout = []
+        offset = 0
+        for inputs in calls:
+            tensors: list[torch.Tensor] = []
+            skel = _skeleton(list(inputs), tensors)
+            places = []
+            for t in tensors:
+                places.append(offset)
+                chunks.append((offset, t))
+                offset = _align(offset + t.numel() * t.element_size())
+            layout.append({"skeleton": skel, "offsets": places})
+        size = max(offset, PAGE)
+        fds = {}
+        try:
+            for side in range(self.sides):
+                fds[(side, r)] = _sealed_memfd(size, chunks)
+        except BaseException:
+            for fd in fds.values():
+                os.close(fd)
+            raise
+        self.fds.update(fds)
+        self.layout[r] = layout
+        self.round_bytes = max(self.round_bytes, size)
 
     def close(self) -> None:
         for fd in self.fds.values():

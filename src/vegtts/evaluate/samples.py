@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from vegtts.evaluate.runner import evaluate_task
+from vegtts.evaluate.runner import control_summary, evaluate_task
 from vegtts.evaluate.settings import EvalSettings
 from vegtts.io import digest_of, hardware_fingerprint, hardware_key, provenance, read_parquet, verify_artifact, write_parquet
 from vegtts.records import EvalRecord, TaskSpec, to_row
@@ -38,9 +38,10 @@ def evaluate_samples_file(
     """One row per sample: task_id, policy, seed, sample_idx + every EvalRecord field.
 
     `task` is a TaskSpec (or its dict, or a JSON file of it).  The parquet footer carries
-    {settings, hardware, provenance}; the manifest records the digest of the samples it was made
-    from (a later check finds an evaluation whose samples were regenerated since: vegtts.store).
-    The samples are read verified (vegtts.io.CorruptArtifactError if they do not match their digest).
+    {settings, hardware, provenance, aa_control} (the task's A/A control, docs/evaluator.md); the
+    manifest records the digest of the samples it was made from (a later check finds an evaluation
+    whose samples were regenerated since: vegtts.store).  The samples are read verified
+    (vegtts.io.CorruptArtifactError if they do not match their digest).
     """
     spec = _as_spec(task)
     settings = settings_dict if isinstance(settings_dict, EvalSettings) else EvalSettings.from_dict(settings_dict)
@@ -66,6 +67,7 @@ def evaluate_samples_file(
         "settings_hash": settings.settings_hash(),
         "hardware": {**hardware_fingerprint(), "key": hardware_key()},
         "provenance": provenance(task_id=spec.task_id, task_source_sha256=spec.source_sha256, samples=str(samples_parquet)),
+        "aa_control": control_summary(spec, settings),
     }
     write_parquet(out_parquet, df, metadata, inputs={"samples": samples_digest})
     n_ok = int((df["status"] == "ok").sum()) if len(df) else 0

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from vegtts.evaluate import sandbox
+
 log = logging.getLogger(__name__)
 
 STDIO_CAP_BYTES = 16 << 20  # RLIMIT_FSIZE of a child: its stdout/stderr file cannot grow past this
@@ -103,8 +105,11 @@ def steady_malloc() -> None:
         pass
 
 
-def setup_child_process(config: dict[str, Any]) -> None:
-    """Runs in the child before any candidate code: isolate, limit, drop privileges."""
+def setup_child_process(config: dict[str, Any]) -> dict[str, Any]:
+    """Runs in the child before any candidate code: isolate, limit, drop privileges.
+
+    Returns what confinement took effect: {"private_dirs": [...], "seccomp": bool}.
+    """
     os.setsid()
     steady_malloc()
     stdio = os.open(config["stdio"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -133,9 +138,12 @@ def setup_child_process(config: dict[str, Any]) -> None:
         resource.RLIMIT_CORE: 0,
     }
     uid = config.get("uid")
+    private_dirs: list[str] = []
     if uid is not None and os.geteuid() == 0:
         os.chown(config["scratch"], uid, uid)
         limits[resource.RLIMIT_NPROC] = threads + 4  # counts threads; the child's uid is its own
+        # its own /tmp, /dev/shm, ...: nothing it writes there outlives it or reaches another child
+        private_dirs = sandbox.private_tmp(uid, max(64, int(config["memory_limit_mb"]) // 2))
     else:
         limits[resource.RLIMIT_NPROC] = _user_process_count(os.getuid()) + threads + 16
     for what, value in limits.items():
@@ -148,11 +156,13 @@ def setup_child_process(config: dict[str, Any]) -> None:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-    os.chdir(config["scratch"])
-    os.environ.update({"HOME": config["scratch"], "TMPDIR": config["scratch"]})
+    home = "/tmp" if "/tmp" in private_dirs else config["scratch"]
+    os.chdir(home)
+    os.environ.update({"HOME": home, "TMPDIR": home})
     import torch
 
     torch.set_num_threads(threads)
+    return {"private_dirs": private_dirs, "seccomp": sandbox.no_new_processes()}
 
 
 def _uid_processes(uid: int) -> list[int]:
@@ -305,10 +315,10 @@ def serve(fd: int) -> None:
                 code = 70
                 try:
                     sock.close()
-                    setup_child_process(config)
+                    confinement = setup_child_process(config)
                     from vegtts.evaluate.child import child_main
 
-                    child_main(socket.socket(fileno=fds[0]))
+                    child_main(socket.socket(fileno=fds[0]), confinement)
                     code = 0
                 finally:
                     try:

@@ -46,13 +46,18 @@ def process_cpu_clock(pid: int) -> int | None:
 
 
 @dataclass
-class CpuUse:
-    """CPU time a child used while the parent tracked it (see ChildSession.track_cpu)."""
+class Measured:
+    """One request as the parent saw it: wall time, and the child's process CPU clock just before
+    the request was sent and just after its reply arrived (None where the OS gives no such clock)."""
 
-    between_requests_ns: int = 0  # while it had no request to serve: work done in the background
-    in_timed_ns: int = 0  # during its timed requests
-    timed_wall_ns: int = 0  # wall time of those timed requests
-    measured: bool = False  # False where the OS gives no per-process CPU clock
+    reply: dict[str, Any]
+    wall_ns: int
+    cpu_before: int | None
+    cpu_after: int | None
+
+    @property
+    def cpu_ns(self) -> int | None:
+        return None if self.cpu_before is None or self.cpu_after is None else self.cpu_after - self.cpu_before
 
 
 def encode_request(msg: dict[str, Any]) -> Encoded:
@@ -95,22 +100,17 @@ class ChildSession:
         self._closed = False
         self.exit_status: int | None = None
         self._cpu_clock = process_cpu_clock(self.pid)
-        self.cpu: CpuUse | None = None  # set by track_cpu
-        self._cpu_mark: int | None = None  # CPU time at the end of the last request
+        self.confinement: dict[str, Any] = {}  # what the child reported at setup (private dirs, seccomp)
+        self.role = ""  # "ref" or "cand", set by the runner
 
     def extend(self, timeout_s: float) -> None:
         """A fresh wall-clock budget from now (a session reused for a new phase or candidate)."""
         self.timeout_s = timeout_s
         self.deadline = time.monotonic() + timeout_s
 
-    def track_cpu(self) -> CpuUse:
-        """Start counting this child's CPU time between and during its requests (fresh counters)."""
-        self.cpu = CpuUse(measured=self._cpu_clock is not None)
-        self._cpu_mark = None
-        return self.cpu
-
-    def _cpu_ns(self) -> int | None:
-        if self.cpu is None or self._cpu_clock is None:
+    def cpu_ns(self) -> int | None:
+        """CPU time of the child's whole process (every thread, user + system), ns; None if unknown."""
+        if self._cpu_clock is None:
             return None
         try:
             return time.clock_gettime_ns(self._cpu_clock)
@@ -121,22 +121,38 @@ class ChildSession:
         return not self._closed and not self._child_gone()
 
     def pin(self, cpus: list[int] | None) -> None:
-        """Move every thread of the child onto `cpus` (the parent may do this; the child keeps them)."""
+        """Move every thread of the child onto `cpus` (the parent may do this; the child cannot
+        undo it: its seccomp filter refuses sched_setaffinity).  Repeated until no thread is left
+        elsewhere, so a thread started during the move is caught too."""
         if not cpus:
             return
-        try:
-            tids = [int(t) for t in os.listdir(f"/proc/{self.pid}/task")]
-        except OSError:
-            return
-        for tid in tids:
+        target = set(cpus)
+        for _ in range(5):
             try:
-                os.sched_setaffinity(tid, cpus)
+                tids = [int(t) for t in os.listdir(f"/proc/{self.pid}/task")]
             except OSError:
-                pass
+                return
+            moved = 0
+            for tid in tids:
+                try:
+                    if os.sched_getaffinity(tid) != target:
+                        os.sched_setaffinity(tid, cpus)
+                        moved += 1
+                except OSError:
+                    pass
+            if not moved:
+                return
 
     def set_nice(self, value: int) -> bool:
         """Give every thread of the child the scheduling priority `value` (parent side; needs root
-        to go below the current nice value).  False where the OS refused."""
+        to go below the current nice value).  False where the OS refused.
+
+        The child leads a session of its own, and with the kernel's autogroup scheduling
+        (/proc/sys/kernel/sched_autogroup_enabled) a thread's nice value only orders it within its
+        session's group, while groups share a cpu by the group's own nice value: that one is set
+        too (/proc/<pid>/autogroup), or a busy machine's other sessions get most of the timing cpu
+        whatever the threads' nice says.
+        """
         try:
             tids = [int(t) for t in os.listdir(f"/proc/{self.pid}/task")]
         except OSError:
@@ -147,6 +163,11 @@ class ChildSession:
                 os.setpriority(os.PRIO_PROCESS, tid, value)
             except OSError:
                 done = False
+        try:
+            with open(f"/proc/{self.pid}/autogroup", "w") as f:
+                f.write(str(value))
+        except OSError:
+            pass  # no autogroup scheduling in this kernel, or not allowed: the threads' nice is all there is
         return done
 
     def stray_processes(self) -> list[int]:
@@ -186,32 +207,18 @@ class ChildSession:
 
         `after_send(sock)` runs right after the request is sent (it passes a file descriptor).
         """
-        return self._tracked(msg, after_send, timed=False)[0]
+        return self._exchange(msg, after_send)
 
-    def timed_request(
+    def measured_request(
         self, msg: dict[str, Any] | Encoded, after_send: Callable[[socket.socket], None] | None = None
-    ) -> tuple[dict[str, Any], int]:
-        """A request whose round trip the parent times (ns): the clock lives here, not in the child."""
-        return self._tracked(msg, after_send, timed=True)
-
-    def _tracked(self, msg: dict[str, Any] | Encoded, after_send: Callable[[socket.socket], None] | None,
-                 timed: bool) -> tuple[dict[str, Any], int]:
-        """One request; with CPU tracking on, the child's CPU clock is read outside the timed span."""
-        before = self._cpu_ns()
-        if before is not None and self.cpu is not None and self._cpu_mark is not None:
-            self.cpu.between_requests_ns += before - self._cpu_mark
+    ) -> Measured:
+        """A request whose wall time (the parent's clock) and CPU use (the child's process clock,
+        read by the parent from the kernel) are measured; the clocks live here, not in the child."""
+        cpu_before = self.cpu_ns()
         t0 = time.perf_counter_ns()
-        try:
-            reply = self._exchange(msg, after_send)
-        finally:
-            ns = time.perf_counter_ns() - t0
-            after = self._cpu_ns()
-            if after is not None and self.cpu is not None:
-                self._cpu_mark = after
-                if timed and before is not None:
-                    self.cpu.in_timed_ns += after - before
-                    self.cpu.timed_wall_ns += ns
-        return reply, ns
+        reply = self._exchange(msg, after_send)
+        wall = time.perf_counter_ns() - t0
+        return Measured(reply, wall, cpu_before, self.cpu_ns())
 
     def _exchange(self, msg: dict[str, Any] | Encoded, after_send: Callable[[socket.socket], None] | None) -> dict[str, Any]:
         try:

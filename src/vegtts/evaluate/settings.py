@@ -14,6 +14,7 @@ _NOT_IN_CACHE_KEY = ("max_parallel",)
 # device "cuda" only (evaluate/cuda/); left out of a CPU verdict's key so CPU caches stay valid
 _CUDA_ONLY = ("tf32", "gpus", "build_cache_dir", "build_timeout_s", "l2_flush_mb", "gpu_hold", "min_interval_rel")
 _CUDA_NOT_IN_CACHE_KEY = ("gpus", "build_cache_dir", "build_timeout_s")
+_CPU_ONLY = ("timing_resolution",)  # left out of a CUDA verdict's key so CUDA caches stay valid
 DEVICES = ("cpu", "cuda")
 
 
@@ -28,7 +29,10 @@ class EvalSettings:
     warmup_calls: int = 2  # untimed calls per side before the rounds
     timeout_s: float = 60.0  # wall-clock limit per child session (correctness, then timing)
     memory_limit_mb: int = 4096  # address space a child may add on top of the warm server
-    bootstrap: int = 2000  # resamples for the speedup interval
+    bootstrap: int = 2000  # (cuda) resamples for the speedup's bootstrap interval
+    # (cpu) timing noise between two fresh processes running the same code (log units): widens the
+    # speedup interval in quadrature (docs/evaluator.md, "Noise"); 0 = the rounds' interval alone
+    timing_resolution: float = 0.03
     excessive_speedup: float = 10.0  # speedups above this are re-timed in fresh children and flagged
     seed: int = 0  # root of every input/init seed
     allow_reference_calls: bool = True  # False: ModelNew may not call Model's forward
@@ -59,6 +63,8 @@ class EvalSettings:
                 raise ValueError(f"evaluator setting {name} must be >= 1, got {getattr(self, name)!r}")
         if self.warmup_calls < 0 or self.bootstrap < 0:
             raise ValueError("warmup_calls and bootstrap must be >= 0")
+        if not 0 <= float(self.timing_resolution) <= 1:
+            raise ValueError(f"evaluator setting timing_resolution must be between 0 and 1 (log units), got {self.timing_resolution!r}")
         if self.timeout_s <= 0 or self.memory_limit_mb <= 0 or self.excessive_speedup <= 1:
             raise ValueError("timeout_s, memory_limit_mb must be > 0 and excessive_speedup > 1")
 
@@ -76,7 +82,7 @@ class EvalSettings:
 
     def cache_key(self) -> dict[str, Any]:
         """Everything a cached verdict depends on: result-relevant settings and the evaluator code."""
-        dropped = _NOT_IN_CACHE_KEY + (_CUDA_ONLY if self.device == "cpu" else _CUDA_NOT_IN_CACHE_KEY)
+        dropped = _NOT_IN_CACHE_KEY + (_CUDA_ONLY if self.device == "cpu" else _CUDA_NOT_IN_CACHE_KEY + _CPU_ONLY)
         key = {k: v for k, v in self.to_dict().items() if k not in dropped}
         key["evaluator_code"] = code_fingerprint("evaluate")
         return key
