@@ -471,9 +471,11 @@ def test_degenerate_programs_must_also_pass_the_evaluators_varied_trial(monkeypa
 # ----------------------------------------------------------------------------- end to end
 
 
-def _store_tasks_json(workdir: Path) -> dict:
-    (path,) = (workdir / "results" / "store" / "tasks").glob("*/tasks.json")
-    return json.loads(path.read_text())
+def _stored_tasks(workdir: Path) -> list[dict]:
+    """Every resolved task of the store (one tasks.json per task key), in KernelBench's order."""
+    tasks = [t for path in (workdir / "results" / "store" / "tasks").glob("*/tasks.json")
+             for t in json.loads(path.read_text())["tasks"]]
+    return sorted(tasks, key=lambda t: int(t["task_id"].rsplit("_", 1)[1]))
 
 
 @pytest.mark.slow
@@ -493,10 +495,10 @@ def test_paper_split_runs_end_to_end_on_the_mini_checkout(tmp_path):
     }
     (workdir / "kb_mini.yaml").write_text(yaml.safe_dump(config))
     snakemake(workdir, "--configfile", "kb_mini.yaml", "--config", f"resources_dir={SHARED_RESOURCES}")
-    tasks = _store_tasks_json(workdir)["tasks"]
+    tasks = _stored_tasks(workdir)
     assert [t["task_id"] for t in tasks] == ["kb1_4", "kb1_5", "kb1_12", "kb1_14", "kb1_15"]
     assert all(isinstance(t["validation"], list) for t in tasks)  # screened while resolving
-    assert "# ---- vegtts shape settings" in tasks[3]["source"]  # the table's shapes
+    assert "# ---- vegtts shape settings" in tasks[3]["source"]  # the table's shapes (kb1_14)
     evaluations = list((workdir / "results" / "store").glob("evaluations/*/*.parquet"))
     assert len(evaluations) >= 5
     assert "kb1_14" in (workdir / "results/kb_mini/report.html").read_text()
@@ -513,8 +515,8 @@ def test_paper_20_problem_experiment_runs_to_a_report(tmp_path):
     workdir = make_workdir(tmp_path)
     (workdir / "third_party").symlink_to(KB_CHECKOUT.parent)
     snakemake(workdir, "--configfile", ".test/config/paper_l1_eval.yaml", "--config", f"resources_dir={SHARED_RESOURCES}")
-    tasks = _store_tasks_json(workdir)["tasks"]
-    assert [t["task_id"] for t in tasks] == [f"kb1_{n}" for n in SPLITS["paper_seed42_eval"]]
+    tasks = _stored_tasks(workdir)
+    assert [t["task_id"] for t in tasks] == [f"kb1_{n}" for n in sorted(SPLITS["paper_seed42_eval"])]
     signal = (workdir / "results/paper_l1_eval/tables/signal.csv").read_text()
     assert "share_correct" in signal
     assert (workdir / "results/paper_l1_eval/report.html").stat().st_size > 10_000
