@@ -498,8 +498,10 @@ def test_paper_split_runs_end_to_end_on_the_mini_checkout(tmp_path):
     tasks = _stored_tasks(workdir)
     assert [t["task_id"] for t in tasks] == ["kb1_4", "kb1_5", "kb1_12", "kb1_14", "kb1_15"]
     assert all(isinstance(t["validation"], list) for t in tasks)  # screened while resolving
-    assert "# ---- vegtts shape settings" in tasks[3]["source"]  # the table's shapes (kb1_14)
-    evaluations = list((workdir / "results" / "store").glob("evaluations/*/*.parquet"))
+    by_id = {t["task_id"]: t for t in tasks}
+    assert "# ---- vegtts shape settings" in by_id["kb1_15"]["source"]  # the table sets M: 256 there
+    assert "# ---- vegtts shape settings" not in by_id["kb1_14"]["source"]  # no constants for kb1_14
+    evaluations = list((workdir / "results" / "store" / "evaluations").rglob("*.parquet"))
     assert len(evaluations) >= 5
     assert "kb1_14" in (workdir / "results/kb_mini/report.html").read_text()
 
