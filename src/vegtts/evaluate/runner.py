@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import copy
 import fcntl
 import hashlib
 import itertools
@@ -110,14 +109,6 @@ def make_inputs(module: types.ModuleType, seed: int) -> list[Any]:
     return task_runtime.make_inputs(module, seed)
 
 
-def _clone(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(x) for x in obj)
-    return copy.deepcopy(obj)
-
-
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -196,7 +187,7 @@ class ReferenceContext:
                 varied = task_runtime.varied_trial_inputs(module, model, derive_seed(settings.seed, "correctness", "varied"), make_inputs)
             for t in range(settings.correctness_trials + (varied is not None)):
                 inputs = make_inputs(module, derive_seed(settings.seed, "correctness", t)) if t < settings.correctness_trials else varied[0]
-                working = _clone(inputs)
+                working = task_runtime.clone_tree(inputs)
                 try:
                     output = model(*working)
                 except Exception as exc:
@@ -205,7 +196,7 @@ class ReferenceContext:
                 flags = aliasing(working, output, previous)
                 previous.extend(t_.untyped_storage().data_ptr() for t_ in _flat_tensors(output))
                 kept.append(output)
-                output = _clone(output)
+                output = task_runtime.clone_tree(output)
                 payload = encode_request({"op": "forward", "inputs": inputs})
                 ack = encode_request({"op": "forward", "inputs": inputs, "reply": "ack"})
                 trials.append(Trial(inputs, output, flags, payload, ack, varied=t >= settings.correctness_trials))

@@ -149,6 +149,17 @@ def seed_everything(seed: int) -> None:
     seed_torch(seed)
 
 
+def clone_tree(obj: Any) -> Any:
+    """A copy of inputs or outputs: tensors cloned, lists and tuples rebuilt, other leaves deep-copied."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(clone_tree(x) for x in obj)
+    return copy.deepcopy(obj)
+
+
 def fresh_inputs(module: types.ModuleType, seed: int) -> list[Any]:
     """`get_inputs()` with every global RNG seeded by `seed` (the evaluator's inputs of one call)."""
     seed_everything(seed)

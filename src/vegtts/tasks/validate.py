@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Sequence
 
 from vegtts.records import TaskSpec
-from vegtts.tasks.runtime import build_reference, fresh_inputs, load_reference_module
+from vegtts.tasks.runtime import build_reference, clone_tree, fresh_inputs, load_reference_module
 
 log = logging.getLogger(__name__)
 
@@ -150,16 +150,6 @@ def _flat_tensors(obj: Any) -> list[Any]:
     if isinstance(obj, dict):
         return [t for key in sorted(obj) for t in _flat_tensors(obj[key])]
     return []
-
-
-def _clone(obj: Any) -> Any:
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(x) for x in obj)
-    return obj
 
 
 def _identical(a: Any, b: Any) -> bool:
@@ -308,7 +298,7 @@ def _check(spec: TaskSpec, settings: ScreenSettings, result: ScreenResult) -> li
     with torch.no_grad():
         for seed in seeds:
             inputs = _stage("inputs", fresh_inputs, module, seed)
-            originals = _stage("inputs", _clone, inputs)
+            originals = _stage("inputs", clone_tree, inputs)
             out = _stage("forward", model, *inputs)
             if not _identical(inputs, originals):
                 findings.append(f"mutates_input: forward changed its inputs in place (seed {seed})")
@@ -321,7 +311,7 @@ def _check(spec: TaskSpec, settings: ScreenSettings, result: ScreenResult) -> li
             findings.append("nonfinite_output: reference output contains NaN or inf")
 
         trial_seed = TRIAL_SEEDS[0]
-        again = _stage("forward", model, *_clone(pristine[trial_seed]))
+        again = _stage("forward", model, *clone_tree(pristine[trial_seed]))
         if not _identical(again, outputs[trial_seed]):
             findings.append("nondeterministic: two forwards on the same model and inputs differ")
         rebuilt, _ = _stage("load", build_reference, module, INIT_SEED)
@@ -368,7 +358,7 @@ def _varied_trial(spec: TaskSpec, module: Any, model: Any) -> tuple[list[Any], A
     if got is None:
         return None
     inputs = got[0]
-    return _clone(inputs), model(*_clone(inputs))
+    return clone_tree(inputs), model(*clone_tree(inputs))
 
 
 def _degenerate_output(spec: TaskSpec, program_output: Any, trials: list[Any], trial_inputs: list[list[Any]]) -> list[str]:
@@ -414,7 +404,7 @@ def _ignored_inputs(spec: TaskSpec, model: Any, inputs: list[Any], output: Any) 
             changed = _perturbed(value, generator)
             if changed is None:
                 continue
-            args = _clone(inputs)
+            args = clone_tree(inputs)
             args[i] = changed
             unchanged = passes(spec, output, model(*args))
         except Exception as exc:  # noqa: BLE001 - a reference that rejects a perturbed input

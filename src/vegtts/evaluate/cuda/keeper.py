@@ -37,16 +37,9 @@ import torch
 from vegtts.evaluate.compare import Comparison, compare_outputs, same_values
 from vegtts.evaluate.cuda import slots as slot_layout
 from vegtts.evaluate.cuda.worker import gpu_uuid, precision_policy, run_process, serve, set_precision_policy
+from vegtts.tasks.runtime import clone_tree
 
 _MODULE = "vegtts_reference_task"
-
-
-def _clone(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(x) for x in obj)
-    return obj
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -88,7 +81,7 @@ class Keeper:
 
     def reference_call(self, inputs: list[Any]) -> Call:
         skeleton, in_specs, in_bytes = slot_layout.layout_of(inputs)
-        work = _clone(inputs)
+        work = clone_tree(inputs)
         with torch.no_grad():
             output = self.model(*work)
         out_skeleton, out_specs, out_bytes = slot_layout.layout_of(output)
