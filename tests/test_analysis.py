@@ -27,8 +27,6 @@ from vegtts.analysis.definitions import GEOMEAN_EPS
 from vegtts.analysis.estimators import order_statistic_weights
 from vegtts.analysis.selection import aggregate_selection, select_all
 from vegtts.analysis.synthetic import synthetic_records, write_synthetic_run
-from vegtts.io import write_parquet
-
 
 # ---------------------------------------------------------------- estimators vs brute force
 

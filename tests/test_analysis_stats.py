@@ -13,14 +13,14 @@ import pytest
 from vegtts.analysis.run import equivalent_k_table, saturation_table, unit_curves
 from vegtts.analysis.selection import (
     RANK_RULES,
-    bootstrap_weights,
-    weighted_ratio_draws,
     aggregate_selection,
+    bootstrap_weights,
     expected_position_of_jth_success,
     residualise,
     select_all,
     select_unit,
     unit_keys,
+    weighted_ratio_draws,
 )
 from vegtts.analysis.statistics import (
     cohens_h,
@@ -57,7 +57,7 @@ def brute_deploy(df: pd.DataFrame, key: np.ndarray, descending: bool, top: int) 
     # NaN keys last, then key (descending flips the sign), then smallest sample_idx.
     items.sort(key=lambda it: (math.isnan(it[0]), 0.0 if math.isnan(it[0]) else (-it[0] if descending else it[0]), it[1]))
     found, spent = [], 0
-    for k, idx, ok, sp in items:
+    for _key, idx, ok, sp in items:
         spent += 1
         if ok:
             found.append((idx, sp))

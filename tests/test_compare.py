@@ -22,7 +22,7 @@ from vegtts.evaluate.compare import LOW_PRECISION_TOL, compare_outputs, toleranc
 from vegtts.io import sha256_text
 from vegtts.records import TaskSpec
 from vegtts.tasks import load_tasks, parse_problem_source, solution_program
-from vegtts.tasks.runtime import VARIED_PEAK, load_module_from_source, vary_inputs, varied_trial_inputs
+from vegtts.tasks.runtime import VARIED_PEAK, load_module_from_source, varied_trial_inputs, vary_inputs
 
 CORPUS = Path(__file__).parent / "correctness"
 PROBLEMS = CORPUS / "problems"

@@ -23,10 +23,10 @@ from vegtts.evaluate import EvalSettings, evaluate_samples_file, evaluate_task
 from vegtts.evaluate.compare import compare_outputs, same_values
 from vegtts.evaluate.guards import static_check
 from vegtts.evaluate.server import shared_fork_server
-from vegtts.tasks import load_tasks
 from vegtts.evaluate.stats import speedup_stats
 from vegtts.io import read_parquet_metadata, sha256_text, write_parquet
 from vegtts.records import STATUSES, TaskSpec
+from vegtts.tasks import load_tasks
 
 HACKS = Path(__file__).parent / "hacks"
 

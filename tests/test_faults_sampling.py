@@ -20,13 +20,13 @@ import math
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from vegtts.io import write_dir_manifest
-
 from vegtts.sampling.conversion import BadAnswerError, Generation, to_raw_sample
 from vegtts.sampling.openai_backend import EndpointError, OpenAISettings, post_json, sample_remote
 from vegtts.sampling.transformers_backend import SamplerSettings

@@ -300,9 +300,7 @@ def _reply(stream, full=None, host=0.01, pre=0.06, timed_out=False, held=True):
 
 
 def test_call_times_take_the_gpu_time_unless_host_or_device_wide_rules():
-    from vegtts.evaluate.cuda.evaluator import call_times
-
-    from vegtts.evaluate.cuda.evaluator import HOST_SLACK_MS
+    from vegtts.evaluate.cuda.evaluator import HOST_SLACK_MS, call_times
 
     replies = [_reply(0.5), _reply(0.05, host=0.2), _reply(0.05, host=30.0), _reply(0.5, full=0.9, timed_out=True),
                _reply(0.5, full=0.7, held=False)]

@@ -9,16 +9,15 @@ imitate, so the paper's split names resolve).  The one test that needs the real 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
-import dataclasses
 import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from vegtts.io import sha256_text

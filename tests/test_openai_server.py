@@ -47,7 +47,7 @@ class LlamaServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self, timeout_s: float = 180) -> "LlamaServer":
+    def start(self, timeout_s: float = 180) -> LlamaServer:
         cmd = [
             sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", SERVED_NAME,
             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2",

@@ -20,9 +20,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import clone_run
-from test_workflow import SHARED_RESOURCES, env_for, make_workdir, snakemake, tiny_args
+from test_workflow import SHARED_RESOURCES, env_for, make_workdir, tiny_args
+
 from vegtts.io import HARDWARE_OVERRIDE_ENV, read_parquet_metadata
 
 pytestmark = pytest.mark.slow

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from test_workflow import env_for, job_counts, make_workdir, tiny_args
+
 from vegtts.io import read_parquet_metadata, sha256_file
 
 pytestmark = pytest.mark.slow

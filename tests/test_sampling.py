@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vegtts.sampling.prompts import MAX_SHOTS, build_prompt, prompt_sha, reference_text, stop_sequences
+from vegtts.sampling.prompts import MAX_SHOTS, build_prompt, prompt_sha, reference_text
 from vegtts.sampling.transformers_backend import SamplerSettings, batch_seed, generate_batch, sample_task
 from vegtts.tasks import load_tasks
 

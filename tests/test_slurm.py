@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from test_workflow import REPO, env_for, make_workdir, tiny_args
+
 from vegtts.io import sha256_file
 
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"

@@ -6,7 +6,6 @@ moves corrupt and stale artifacts aside.  Fast unit tests; the workflow-level fa
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -28,7 +27,6 @@ from vegtts.io import (
     read_parquet,
     verify_artifact,
     write_dir_manifest,
-    write_json,
     write_parquet,
 )
 from vegtts.records import EvalRecord
@@ -188,6 +186,7 @@ def test_a_poisoned_cache_entry_is_discarded_with_a_clear_log_line(tmp_path, cap
 def test_the_runner_reevaluates_a_poisoned_entry(tmp_path, caplog):
     """End to end through evaluate_task: a forged "ok" verdict is not used, the real one replaces it."""
     from test_evaluate import FAST, program, spec_of  # the evaluator's own fixtures
+
     from vegtts.evaluate import evaluate_task
     from vegtts.io import sha256_text
 

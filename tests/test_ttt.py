@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_scoring import PROMPT, CharTokenizer, samples_frame, tiny_model  # noqa: E402  (tests/ is on sys.path)
 
 from vegtts.scoring import naive_completion_logprobs
 from vegtts.ttt import (
@@ -26,8 +27,6 @@ from vegtts.ttt import (
     save_adapter,
     ttt_step,
 )
-
-from test_scoring import PROMPT, CharTokenizer, samples_frame, tiny_model  # noqa: E402  (tests/ is on sys.path)
 
 # ---------------------------------------------------------------- objectives, by hand
 

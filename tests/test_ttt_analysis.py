@@ -26,7 +26,6 @@ from vegtts.analysis.ttt import (
 from vegtts.config import validate_config
 from vegtts.plan import batch_tasks, build_plan
 
-
 # ---------------------------------------------------------------- selection rules
 
 

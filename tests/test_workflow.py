@@ -219,7 +219,7 @@ def test_tiny_ttt_run_then_one_more_seed_or_step(workdir: Path):
     assert "analyze" not in rules and "figures" not in rules
     for rule, outputs in jobs:
         if rule in ("sample", "evaluate"):
-            assert all(f"/s1/" in o or "/s100001/" in o for o in outputs), outputs
+            assert all("/s1/" in o or "/s100001/" in o for o in outputs), outputs
 
     # One more step: only step 2 of seed 0; nothing already stored is planned again.
     jobs = planned_jobs(snakemake(workdir, "-n", *ttt_args(steps=2)))

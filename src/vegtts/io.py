@@ -18,9 +18,10 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -151,7 +152,7 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_parquet(path: str | os.PathLike, df: "Any", metadata: dict[str, Any] | None = None,
+def write_parquet(path: str | os.PathLike, df: Any, metadata: dict[str, Any] | None = None,
                   inputs: dict[str, str] | None = None) -> None:
     """Write a DataFrame atomically with its manifest; `metadata` is stored as JSON in the parquet
     footer, `inputs` (role -> sha256 of an input artifact) in the manifest."""
@@ -167,7 +168,7 @@ def write_parquet(path: str | os.PathLike, df: "Any", metadata: dict[str, Any] |
         pq.write_table(table, tmp)
 
 
-def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> "Any":
+def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> Any:
     """A verified read: the parquet must match its manifest (CorruptArtifactError otherwise)."""
     import pandas as pd
 
@@ -355,7 +356,7 @@ def gpu_names() -> list[str]:
             try:
                 out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                                      capture_output=True, text=True, timeout=30, check=True).stdout
-                names = [f"{n.strip()} (driver {d.strip()})" for n, _, d in (l.rpartition(",") for l in out.splitlines() if "," in l)]
+                names = [f"{n.strip()} (driver {d.strip()})" for n, _, d in (row.rpartition(",") for row in out.splitlines() if "," in row)]
             except (OSError, subprocess.SubprocessError):
                 names = []
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")

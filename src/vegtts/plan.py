@@ -62,7 +62,7 @@ class Plan:
     eval_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     base_sample_key: str = ""
     base_eval_key: str = ""
-    ttt: "TTTPlan | None" = None
+    ttt: TTTPlan | None = None
 
     # --- paths -------------------------------------------------------------------------------
     @property
@@ -105,7 +105,7 @@ class Plan:
             for task in self.task_ids
         ]
 
-    def ttt_batch_files(self, step: "TTTStep", batch: str, tasks: list[str] | None = None) -> tuple[list[str], list[str]]:
+    def ttt_batch_files(self, step: TTTStep, batch: str, tasks: list[str] | None = None) -> tuple[list[str], list[str]]:
         """(sample files, evaluation files) of one batch ("train" or "heldout") of a TTT step."""
         assert self.ttt is not None
         seed = step.sampling_seed(batch)

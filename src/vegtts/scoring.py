@@ -28,10 +28,11 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -490,7 +491,7 @@ def run_scoring(
     frames = []
     total = sum(len(df) for _, _, df in inputs)
     with tqdm(total=total, desc=f"score {scorer_name}", unit="sample") as bar:
-        for path, prompt, df in inputs:
+        for _path, prompt, df in inputs:
             if not len(df):
                 continue
             if backend == "vllm":

@@ -26,9 +26,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from vegtts.io import (
     DIR_MANIFEST,

@@ -31,9 +31,10 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -140,7 +141,7 @@ def policy_gradient_loss(logprobs_per_token: Any, advantages: Any, mask: Any, no
 
 
 def compute_advantages(
-    batch: pd.DataFrame, objective: str, history: Mapping[str, Sequence[float]] | None, settings: "TTTSettings"
+    batch: pd.DataFrame, objective: str, history: Mapping[str, Sequence[float]] | None, settings: TTTSettings
 ) -> tuple[np.ndarray, np.ndarray, dict[str, list[float]]]:
     """Rewards and advantages of a batch already in `evaluation_order`; returns the new history."""
     correct = batch["correct"].fillna(False).astype(bool).to_numpy()
@@ -178,7 +179,7 @@ class TTTSettings:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TTTSettings":
+    def from_dict(cls, d: Mapping[str, Any]) -> TTTSettings:
         s = dataclass_from_settings(cls, d, "ttt")
         s.target_modules = list(s.target_modules)
         s.adam_betas = tuple(s.adam_betas)  # type: ignore[assignment]
@@ -196,7 +197,7 @@ class TTTSettings:
         return d
 
 
-def _settings(settings: "TTTSettings | Mapping[str, Any]") -> TTTSettings:
+def _settings(settings: TTTSettings | Mapping[str, Any]) -> TTTSettings:
     return settings if isinstance(settings, TTTSettings) else TTTSettings.from_dict(settings)
 
 

@@ -10,7 +10,9 @@ CPU generators do not have: "RuntimeError: CPU Generator does not use offset" (v
 split and the same two seeded generates run.
 """
 import sys
+
 from vllm import LLM, SamplingParams
+
 
 def main():
     chunked = sys.argv[1] == "on"

@@ -16,7 +16,8 @@ Sentences are plain text with **bold** marks; the report escapes them and turns 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd

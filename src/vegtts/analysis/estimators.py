@@ -7,7 +7,7 @@ from order statistics.  Both are computed in product/ratio form, so n in the tho
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ast
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from vegtts.io import PACKAGE_ROOT, code_fingerprint, short_hash
 

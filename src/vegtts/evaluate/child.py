@@ -19,8 +19,9 @@ import socket
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -377,10 +378,10 @@ def child_main(sock: socket.socket, confinement: dict[str, Any] | None = None) -
 
 def spawn_main(fd: int) -> None:
     """Entry point of a fresh interpreter per child (the slow baseline the fork server replaces)."""
-    from vegtts.evaluate.server import isolate_network, setup_child_process
-
     import json
     import os
+
+    from vegtts.evaluate.server import isolate_network, setup_child_process
 
     isolate_network()
     config = json.loads(os.environ["VEGTTS_CHILD_CONFIG"])

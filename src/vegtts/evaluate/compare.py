@@ -40,7 +40,7 @@ class Comparison:
     max_rel_err: float = 0.0
     error: str = ""
 
-    def merge(self, other: "Comparison") -> "Comparison":
+    def merge(self, other: Comparison) -> Comparison:
         return Comparison(
             self.ok and other.ok,
             max(self.max_abs_err, other.max_abs_err),

@@ -10,8 +10,9 @@ must see live objects (output type, threads, thread count) run in the child (chi
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 # Modules with no honest use in a forward pass and a known role in harness tampering,
 # deferred/background work or escaping the sandbox.

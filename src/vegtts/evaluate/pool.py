@@ -64,7 +64,7 @@ class InputPool:
     sides: int = 2
 
     @classmethod
-    def build(cls, batches: dict[int, list[list[Any]]], sides: int = 2) -> "InputPool":
+    def build(cls, batches: dict[int, list[list[Any]]], sides: int = 2) -> InputPool:
         pool = cls({}, {}, 0, sides)
         try:
             for r, calls in batches.items():

@@ -122,7 +122,7 @@ def _recv_into(sock: socket.socket, view: memoryview, deadline: float | None) ->
             sock.settimeout(remaining)
         try:
             k = sock.recv_into(view[got:], n - got)
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise TimeoutError("deadline passed while waiting for the peer") from exc
         if k == 0:
             raise EOFError("peer closed the connection")

@@ -32,10 +32,11 @@ import secrets
 import threading
 import time
 import types
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,8 +54,8 @@ from vegtts.evaluate.session import ChildFailure, ChildSession, Measured, encode
 from vegtts.evaluate.settings import EvalSettings
 from vegtts.evaluate.stats import TimingStats, interval_width, median_interval_rank, paired_speedup_stats
 from vegtts.io import hardware_key, sha256_text
-from vegtts.tasks import runtime as task_runtime
 from vegtts.records import EvalRecord, TaskSpec
+from vegtts.tasks import runtime as task_runtime
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class ReferenceContext:
                 self.pool = None
 
     @classmethod
-    def build(cls, spec: TaskSpec, settings: EvalSettings) -> "ReferenceContext":
+    def build(cls, spec: TaskSpec, settings: EvalSettings) -> ReferenceContext:
         module = load_reference(spec)
         init_seed = derive_seed(settings.seed, "init")
         _seed_python_rngs(init_seed)
@@ -819,7 +820,7 @@ def ensure_control(ctx: ReferenceContext, launcher: Launcher) -> None:
         if ctx.control is not None or ctx.control_flags:
             return
         program = ctx.spec.source.rstrip("\n") + "\n\n\n" + REFERENCE_COPY_BODY
-        for attempt in range(2):
+        for _attempt in range(2):
             v = measure_once(ctx, program, launcher)
             if v.status != "ok" or v.timing is None:
                 log.warning("task %s: the A/A control did not time (%s: %s)", ctx.spec.task_id, v.status, v.error[:200])

@@ -11,7 +11,15 @@ import pandas as pd
 
 from vegtts.evaluate.runner import control_summary, evaluate_task
 from vegtts.evaluate.settings import EvalSettings
-from vegtts.io import digest_of, hardware_fingerprint, hardware_key, provenance, read_parquet, verify_artifact, write_parquet
+from vegtts.io import (
+    digest_of,
+    hardware_fingerprint,
+    hardware_key,
+    provenance,
+    read_parquet,
+    verify_artifact,
+    write_parquet,
+)
 from vegtts.records import EvalRecord, TaskSpec, to_row
 
 log = logging.getLogger(__name__)

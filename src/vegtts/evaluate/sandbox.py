@@ -86,7 +86,7 @@ def seccomp_program(machine: str | None = None) -> bytes | None:
     deny_at, enosys_at, clone_at = n_head, n_head + 1, n_head + 2
     prog = []
     for i, (kind, value) in enumerate(body):
-        rel = lambda target: target - i - 1  # noqa: E731 - jump offsets count from the next insn
+        rel = lambda target, i=i: target - i - 1  # noqa: E731 - jump offsets count from the next insn
         if kind == "ld":
             prog.append(_insn(ld_w_abs, 0, 0, value))
         elif kind == "jne_deny":
@@ -172,7 +172,7 @@ _IOV_MAX = 1024
 _libc: ctypes.CDLL | None = None
 
 
-def read_memory(pid: int, iov: "np.ndarray") -> bytes | None:
+def read_memory(pid: int, iov: np.ndarray) -> bytes | None:
     """Bytes of process `pid` at the (address, length) rows of `iov` (uint64, shape (n, 2), the
     layout of struct iovec), concatenated in row order; None if any byte could not be read
     (unmapped, PROT_NONE, the process is gone)."""

@@ -9,9 +9,10 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vegtts.evaluate.protocol import Encoded, ProtocolError, recv_message, send_json, tune_socket
 from vegtts.evaluate.server import Launcher
@@ -195,7 +196,7 @@ class ChildSession:
                 continue
         return found
 
-    def __enter__(self) -> "ChildSession":
+    def __enter__(self) -> ChildSession:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -234,7 +235,7 @@ class ChildSession:
                 after_send(self.sock)
             self._wait_readable()
             reply = recv_message(self.sock, self.deadline, self.max_reply_bytes)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise self._fail("timeout", f"no reply within the {self.timeout_s:g} s limit") from None
         except (EOFError, OSError, ProtocolError) as exc:
             raise self._died(exc) from None

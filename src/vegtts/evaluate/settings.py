@@ -69,7 +69,7 @@ class EvalSettings:
             raise ValueError("timeout_s, memory_limit_mb must be > 0 and excessive_speedup > 1")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "EvalSettings":
+    def from_dict(cls, d: dict[str, Any] | None) -> EvalSettings:
         d = dict(d or {})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)

@@ -21,7 +21,8 @@ functions on {name: tensor} dicts; nothing here runs candidate code.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 GUARD = "unmapped_parameters"
 

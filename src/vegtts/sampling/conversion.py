@@ -23,8 +23,9 @@ from __future__ import annotations
 import codecs
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from vegtts.sampling.transformers_backend import RawSample, SamplerSettings
 

@@ -84,7 +84,7 @@ class OpenAISettings:
     extra_body: dict[str, Any] | None = None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "OpenAISettings":
+    def from_dict(cls, d: dict[str, Any]) -> OpenAISettings:
         s = dataclass_from_settings(cls, d, "sampling.openai")
         if s.api not in API_KINDS:
             raise ValueError(f"config key 'sampling.openai.api': {s.api!r} is not allowed (one of {list(API_KINDS)})")

@@ -13,7 +13,6 @@ The prompt sha is the sha256 of the final prompt text, so any change to the word
 from __future__ import annotations
 
 import ast
-import re
 from dataclasses import dataclass
 
 from vegtts.io import sha256_text

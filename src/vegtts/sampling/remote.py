@@ -49,9 +49,8 @@ def run_remote_sampling(
     tokenizer: Any = None,
 ) -> Path:
     """Sample one task through `backend` ("openai" or "vllm") and write its SampleRecords atomically."""
-    from tqdm import tqdm
-
     import pandas as pd
+    from tqdm import tqdm
 
     if backend not in ("openai", "vllm"):
         raise ValueError(f"config key 'sampling.backend': {backend!r} is not a remote backend (openai, vllm)")

@@ -22,9 +22,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from vegtts.config import dataclass_from_settings
 from vegtts.extract import assemble_program, code_token_span, extract
@@ -51,7 +52,7 @@ class SamplerSettings:
     drop_finished: bool = True
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SamplerSettings":
+    def from_dict(cls, d: dict[str, Any]) -> SamplerSettings:
         s = dataclass_from_settings(cls, d, "sampling")
         if s.k < 1 or s.batch_size < 1 or s.max_new_tokens < 1:
             raise ValueError("sampling k, batch_size and max_new_tokens must be >= 1")

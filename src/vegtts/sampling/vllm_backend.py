@@ -32,10 +32,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from vegtts.config import dataclass_from_settings
 from vegtts.sampling.conversion import (
@@ -72,7 +73,7 @@ class VLLMSettings:
     kv_cache_gb: float | None = None  # None: GPU sized by gpu_memory_utilization, CPU 2 GiB
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VLLMSettings":
+    def from_dict(cls, d: dict[str, Any]) -> VLLMSettings:
         return dataclass_from_settings(cls, d, "sampling.vllm")
 
 

@@ -19,9 +19,10 @@ import datetime
 import logging
 import math
 import platform
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from vegtts.io import sha256_text, write_text
 from vegtts.records import TaskSpec
@@ -89,10 +90,8 @@ def _measure(source: str, threads: int) -> float:
     """The reference's time per call at this source's shapes (child side)."""
     import torch
 
-    from vegtts.tasks.runtime import build_reference, load_module_from_source
-
     from vegtts.evaluate.compare import same_values
-    from vegtts.tasks.runtime import fresh_inputs
+    from vegtts.tasks.runtime import build_reference, fresh_inputs, load_module_from_source
 
     torch.set_num_threads(threads)
     module = load_module_from_source(source, "vegtts_reduce", "<reduce>")

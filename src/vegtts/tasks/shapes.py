@@ -26,9 +26,10 @@ import ast
 import logging
 import operator
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from vegtts.io import sha256_text
 

@@ -11,8 +11,9 @@ import math
 import os
 import platform
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from vegtts.io import write_text
 from vegtts.tasks.reduce import Reduction

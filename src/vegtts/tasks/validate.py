@@ -47,8 +47,9 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from vegtts.records import TaskSpec
 from vegtts.tasks.runtime import build_reference, clone_tree, fresh_inputs, load_reference_module

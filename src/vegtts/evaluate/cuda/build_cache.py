@@ -46,7 +46,7 @@ def is_warm(build_dir: Path) -> bool:
     """Whether anything was built into `build_dir` before (an extension library or a Triton kernel)."""
     if not build_dir.is_dir():
         return False
-    for root, _dirs, files in os.walk(build_dir):
+    for _root, _dirs, files in os.walk(build_dir):
         if any(f.endswith((".so", ".cubin")) for f in files):
             return True
     return False

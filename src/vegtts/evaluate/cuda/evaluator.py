@@ -85,7 +85,7 @@ def visible_gpus() -> list[str]:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+    return [str(i) for i, line in enumerate(row for row in out.splitlines() if row.startswith("GPU "))]
 
 
 def gpu_name() -> str:
@@ -656,7 +656,7 @@ def evaluate_task_cuda(
 
     results: dict[str, EvalRecord] = {}
     cached: set[str] = set()
-    todo: "queue.Queue[str]" = queue.Queue()
+    todo: queue.Queue[str] = queue.Queue()
     for program in dict.fromkeys(p for _, p in candidates):
         sha = sha256_text(program) if program else ""
         path = eval_cache.record_path(cache_dir, spec, settings, sha) if cache_dir is not None and program else None
