@@ -534,9 +534,9 @@ def test_resampling_units_instead_of_tasks_undercovers_when_seeds_share_programs
     assert wrong["coverage_diff"] < 0.85 <= right["coverage_diff"], (wrong, right)
 
 
-def test_the_readme_has_one_generated_measured_section():
+def test_the_default_run_note_has_one_generated_measured_section():
     from vegtts.report import README_BEGIN, README_END
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "benchmarks/results/default_run.md").read_text()
     assert text.count(README_BEGIN) == 1 and text.count(README_END) == 1
     assert text.index(README_BEGIN) < text.index(README_END)
