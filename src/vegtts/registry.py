@@ -22,9 +22,9 @@ EntryT = TypeVar("EntryT", bound=Named)
 
 class Registry(Generic[EntryT]):
     """Entries by name, in registration order; `what` is an entry in words, `config_key` the
-    setting that picks one."""
+    setting that picks one (None: no setting does)."""
 
-    def __init__(self, what: str, config_key: str):
+    def __init__(self, what: str, config_key: str | None = None):
         self.what = what
         self.config_key = config_key
         self._entries: dict[str, EntryT] = {}
@@ -37,7 +37,8 @@ class Registry(Generic[EntryT]):
 
     def __getitem__(self, name: str) -> EntryT:
         if name not in self._entries:
-            raise ValueError(f"config key '{self.config_key}': unknown {self.what} {name!r}; expected one of {list(self._entries)}")
+            where = f"config key '{self.config_key}': " if self.config_key else ""
+            raise ValueError(f"{where}unknown {self.what} {name!r}; expected one of {list(self._entries)}")
         return self._entries[name]
 
     def __contains__(self, name: object) -> bool:
