@@ -4,7 +4,7 @@ Both backends run in this one process on the same model (the prepared default mo
 same prompts (the default experiment's: built-in default tasks, 5-shot body prompt) and the same
 settings (k, temperature 0.5, 48 new tokens, the default stop strings), each through vegtts's own
 sampling stage minus model loading: `run_sampling` (transformers, our KV-cached decode loop) and
-`run_remote_sampling("vllm")` (vLLM), both writing the task's sample parquet. Per task the order
+`sample_with_backend("vllm")` (vLLM), both writing the task's sample parquet. Per task the order
 alternates (A B, then B A) so machine drift hits both. Both keep the same log-prob contract: the raw
 log-prob of each sampled token (tests/test_vllm.py checks vLLM's against transformers' scorer).
 
@@ -47,7 +47,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     from vegtts.models import load_model_and_tokenizer
-    from vegtts.sampling.remote import run_remote_sampling
+    from vegtts.sampling.stage import sample_with_backend
     from vegtts.sampling.transformers_backend import run_sampling
     from vegtts.sampling.vllm_backend import VLLMSettings, engine_for
     from vegtts.tasks import list_task_ids, resolve_tasks_to_json
@@ -74,7 +74,7 @@ def main() -> None:
 
     def vllm(task: str) -> float:
         t = time.perf_counter()
-        run_remote_sampling("vllm", tasks_json, task, settings, vllm_settings, args.model, tmp / f"vllm-{task}.parquet",
+        sample_with_backend("vllm", tasks_json, task, settings, vllm_settings, args.model, tmp / f"vllm-{task}.parquet",
                             tokenizer=model_and_tok[1])
         return time.perf_counter() - t
 

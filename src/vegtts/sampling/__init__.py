@@ -1,4 +1,5 @@
-"""Sampling stage: prompts and backends (transformers here; an OpenAI-compatible server; vLLM in-process: see remote.py)."""
+"""Sampling stage: prompts, the backends (backends/: transformers, an OpenAI-compatible server, vLLM
+in-process) and the stage that runs any of them on one task (stage.py)."""
 
 
 def run_sampling(*args, **kwargs):

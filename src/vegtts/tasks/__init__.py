@@ -13,9 +13,6 @@ from typing import Any
 from vegtts.io import code_fingerprint, provenance, read_json, write_json
 from vegtts.records import TaskSpec
 from vegtts.tasks.catalog import (
-    BUILTIN_DIR,
-    DEFAULT_TASK_IDS,
-    SUITES,
     builtin_task_ids,
     list_task_ids,
     load_tasks,
@@ -29,6 +26,8 @@ from vegtts.tasks.runtime import (
     make_model,
     solution_program,
 )
+from vegtts.tasks.suites import SUITES
+from vegtts.tasks.suites.builtin import BUILTIN_DIR, DEFAULT_TASK_IDS
 from vegtts.tasks.validate import screen_tasks, validate_suite, validate_task
 
 __all__ = [

@@ -15,22 +15,15 @@ from __future__ import annotations
 
 import ast
 import logging
-import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from vegtts.io import sha256_text
 from vegtts.records import TaskSpec
 from vegtts.tasks.shapes import assign_constants, scaled_batch, table_constants
-from vegtts.tasks.splits import SPLIT_NAMES, split_problem_numbers
+from vegtts.tasks.splits import SPLIT_NAMES
+from vegtts.tasks.suites import SUITES, ProblemFile, TaskSuite
 
 log = logging.getLogger(__name__)
-
-SUITES = ("builtin", "dir", "kernelbench", "builtin_gpu")
-BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
-# The project's own GPU problems (CUDA/Triton evaluation), kept apart from the CPU suite above.
-BUILTIN_GPU_DIR = Path(__file__).resolve().parent / "builtin_gpu"
 
 # fp32 tolerances of every suite, as KernelBench's current harness (src/kernelbench/eval.py,
 # get_tolerance_for_precision: fp32 atol = rtol = 1e-4; fp16/bf16 1e-2, applied in
@@ -39,164 +32,31 @@ BUILTIN_GPU_DIR = Path(__file__).resolve().parent / "builtin_gpu"
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-4
 
-# Builtin problems the default experiment uses, chosen by sampling Gemma 3 270M base (5-shot body
-# prompt, temperature 0.5, K=8; benchmarks/results/default_choice.md).  The model copies the last
-# line of a short reference, sometimes collapses or extends a nesting of an idempotent op, and
-# often answers with the last few-shot idiom.  So the mix leads with idempotent ops applied three
-# times (copies are correct at 1x, collapsed calls correct at ~3x, extra nesting correct but slower)
-# and "dead-work" references (an unused statistic before the return: copying the last line is
-# correct and faster), then one-line naive references the model copies.  Harder problems
-# (sigmoid_exp, silu_mul, layernorm_manual, ...) stay in the suite but got no correct samples.
-DEFAULT_TASK_IDS: list[str] = [
-    "abs_thrice",
-    "trunc_thrice",
-    "sign_thrice",
-    "relu_thrice",
-    "round_thrice",
-    "ceil_thrice",
-    "dead_center_relu",
-    "dead_scale_abs",
-    "dead_softmax_tanh",
-    "relu_twice",
-    "relu_where",
-    "leaky_relu_where",
-]
 
-_ID_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-_KB_FILE = re.compile(r"^(\d+)_(.+)\.py$")
-
-
-@dataclass(frozen=True)
-class ProblemFile:
-    task_id: str
-    path: Path
-    default_name: str  # used when the module has no docstring
-
-
-def _natural_key(text: str) -> list[Any]:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
-
-
-def _suite_name(suite_cfg: dict[str, Any]) -> str:
-    suite = suite_cfg.get("suite", "builtin")
-    if suite not in SUITES:
-        raise ValueError(f"unknown task suite {suite!r}; expected one of {list(SUITES)}")
-    return suite
-
-
-def _suite_path(suite_cfg: dict[str, Any], suite: str) -> Path:
-    raw = suite_cfg.get("path")
-    if not raw:
-        raise ValueError(f"task suite {suite!r} needs a 'path' (folder of problem files)")
-    path = Path(raw).expanduser()
-    if not path.is_dir():
-        raise ValueError(f"task suite {suite!r}: path {str(path)!r} is not a folder")
-    return path
-
-
-def _builtin_problems(folder: Path = BUILTIN_DIR) -> dict[str, ProblemFile]:
-    files = sorted(folder.glob("*.py"), key=lambda p: _natural_key(p.stem))
-    return {p.stem: ProblemFile(p.stem, p, p.stem.replace("_", " ")) for p in files if not p.name.startswith("_")}
-
-
-def _dir_problems(folder: Path) -> dict[str, ProblemFile]:
-    out: dict[str, ProblemFile] = {}
-    for p in sorted(folder.glob("*.py"), key=lambda p: _natural_key(p.stem)):
-        if p.name.startswith("_"):
-            continue
-        task_id = _ID_SAFE.sub("_", p.stem)
-        if task_id in out:
-            raise ValueError(f"dir suite {str(folder)!r}: two files map to task id {task_id!r}")
-        match = _KB_FILE.match(p.name)
-        out[task_id] = ProblemFile(task_id, p, match.group(2) if match else p.stem)
-    return out
-
-
-def _kernelbench_level_dir(root: Path, level: int) -> Path:
-    for candidate in (root / "KernelBench" / f"level{level}", root / f"level{level}"):
-        if candidate.is_dir():
-            return candidate
-    raise ValueError(
-        f"kernelbench suite: no folder {str(root / 'KernelBench' / f'level{level}')!r} "
-        "(path must be a KernelBench checkout)"
-    )
-
-
-def _kernelbench_problems(root: Path, level: int) -> dict[str, ProblemFile]:
-    folder = _kernelbench_level_dir(root, level)
-    found: list[tuple[int, ProblemFile]] = []
-    for p in folder.glob("*.py"):
-        match = _KB_FILE.match(p.name)
-        if match:
-            num = int(match.group(1))
-            found.append((num, ProblemFile(f"kb{level}_{num}", p, match.group(2))))
-    found.sort(key=lambda item: item[0])
-    return {pf.task_id: pf for _, pf in found}
-
-
-def _available(suite_cfg: dict[str, Any]) -> tuple[str, dict[str, ProblemFile]]:
-    suite = _suite_name(suite_cfg)
-    if suite == "builtin":
-        return suite, _builtin_problems()
-    if suite == "builtin_gpu":
-        return suite, _builtin_problems(BUILTIN_GPU_DIR)
-    path = _suite_path(suite_cfg, suite)
-    if suite == "dir":
-        return suite, _dir_problems(path)
-    level = suite_cfg.get("level")
-    if not isinstance(level, int) or isinstance(level, bool):
-        raise ValueError(f"kernelbench suite needs an integer 'level', got {level!r}")
-    return suite, _kernelbench_problems(path, level)
-
-
-def _canonical_id(raw: Any, suite: str, suite_cfg: dict[str, Any]) -> str:
-    """KernelBench ids may be given as 19, "19" or "kb1_19"; other suites use ids verbatim."""
-    if suite == "kernelbench" and (isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit())):
-        return f"kb{suite_cfg['level']}_{int(raw)}"
-    return str(raw)
-
-
-def _selected(suite_cfg: dict[str, Any]) -> tuple[str, list[ProblemFile]]:
-    suite, available = _available(suite_cfg)
+def _selected(suite_cfg: dict[str, Any]) -> tuple[TaskSuite, list[ProblemFile]]:
+    suite = SUITES[suite_cfg.get("suite", "builtin")]
+    available = suite.problems(suite_cfg)
     ids = suite_cfg.get("ids", "all")
-    if ids == "all" or (ids == "default" and suite != "builtin"):
-        if suite == "kernelbench":
-            _warn_full_size(suite_cfg, len(available))
-        return suite, list(available.values())
     if ids == "default":
-        ids = DEFAULT_TASK_IDS
+        ids = list(suite.default_ids) if suite.default_ids is not None else "all"
+    if ids == "all":
+        if suite.on_select_all is not None:
+            suite.on_select_all(suite_cfg, len(available))
+        return suite, list(available.values())
     if isinstance(ids, str) and ids in SPLIT_NAMES:
-        if suite != "kernelbench":
-            raise ValueError(f"tasks.ids {ids!r} names a split of KernelBench problems; it needs tasks.suite 'kernelbench', not {suite!r}")
-        ids = split_problem_numbers(ids, suite_cfg["level"])
+        if suite.split_ids is None:
+            raise ValueError(f"tasks.ids {ids!r} names a split of KernelBench problems; it needs tasks.suite 'kernelbench', not {suite.name!r}")
+        ids = suite.split_ids(ids, suite_cfg)
     if isinstance(ids, (str, int)):
         ids = [ids]
-    wanted = list(dict.fromkeys(_canonical_id(i, suite, suite_cfg) for i in ids))
+    wanted = list(dict.fromkeys(suite.canonical_id(i, suite_cfg) for i in ids))
     unknown = [i for i in wanted if i not in available]
     if unknown:
-        splits = f" (or a split name: {list(SPLIT_NAMES)})" if suite == "kernelbench" else ""
+        splits = f" (or a split name: {list(SPLIT_NAMES)})" if suite.split_ids is not None else ""
         raise ValueError(
-            f"unknown task id(s) {unknown} in suite {suite!r}; allowed ids: {list(available)}{splits}"
+            f"unknown task id(s) {unknown} in suite {suite.name!r}; allowed ids: {list(available)}{splits}"
         )
     return suite, [available[i] for i in wanted]
-
-
-_WARNED_FULL_SIZE: set[str] = set()
-
-
-def _warn_full_size(suite_cfg: dict[str, Any], count: int) -> None:
-    """One warning per process when a whole KernelBench level is selected at its own (GPU) sizes."""
-    if suite_cfg.get("shapes", "full") != "full" or suite_cfg.get("shape_scale", 1.0) != 1.0 or suite_cfg.get("shape_overrides"):
-        return
-    key = f"{suite_cfg.get('path')}:{suite_cfg.get('level')}"
-    if key in _WARNED_FULL_SIZE:
-        return
-    _WARNED_FULL_SIZE.add(key)
-    log.warning(
-        "tasks: all %d problems of KernelBench level %s at KernelBench's own sizes (sized for GPUs: inputs up to "
-        "17 GB, seconds per forward on a CPU); set tasks.shapes: reduced for CPU-sized shapes and tasks.ids to a "
-        "list or a split (e.g. paper_seed42_eval)", count, suite_cfg.get("level"),
-    )
 
 
 def list_task_ids(suite_cfg: dict[str, Any]) -> list[str]:
@@ -339,12 +199,12 @@ def load_tasks(suite_cfg: dict[str, Any]) -> list[TaskSpec]:
     specs = []
     for pf in problems:
         source = apply_shape_settings(pf.path.read_text(encoding="utf-8"), pf.task_id, suite_cfg)
-        specs.append(parse_problem_source(source, pf.task_id, suite, pf.default_name, atol, rtol))
+        specs.append(parse_problem_source(source, pf.task_id, suite.name, pf.default_name, atol, rtol))
     return specs
 
 
 def builtin_task_ids() -> list[str]:
-    return list(_builtin_problems())
+    return list(SUITES["builtin"].problems({}))
 
 
 def _overrides_for(task_id: str, suite_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -352,8 +212,9 @@ def _overrides_for(task_id: str, suite_cfg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(overrides, dict):
         raise ValueError(f"tasks.shape_overrides must map task id -> {{CONSTANT: value}}, got {overrides!r}")
     out: dict[str, Any] = {}
+    suite = SUITES[suite_cfg.get("suite", "builtin")]
     for key, values in overrides.items():
-        if _canonical_id(key, _suite_name(suite_cfg), suite_cfg) != task_id:
+        if suite.canonical_id(key, suite_cfg) != task_id:
             continue
         if not isinstance(values, dict):
             raise ValueError(f"tasks.shape_overrides[{key!r}] must map constant names to positive ints (or lists of them), got {values!r}")
