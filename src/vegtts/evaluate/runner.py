@@ -46,7 +46,7 @@ from vegtts.evaluate import cache as eval_cache
 from vegtts.evaluate.child import aliasing
 from vegtts.evaluate.compare import Comparison, compare_outputs, same_values
 from vegtts.evaluate.guards import is_reference_copy, parent_check, static_check
-from vegtts.evaluate.pool import InputPool
+from vegtts.evaluate.input_pool import InputPool
 from vegtts.evaluate.protocol import Encoded
 from vegtts.evaluate.readback import BadDescription, compare_calls, draw_positions, parse_leaves, read_sampled
 from vegtts.evaluate.server import ForkServer, Launcher, shared_fork_server

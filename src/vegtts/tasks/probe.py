@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vegtts.evaluate.sandbox import steady_malloc, vm_size_bytes
+
 log = logging.getLogger(__name__)
 
 # Rough single-thread rates of the CPU this project runs on (benchmarks/results/kernelbench_reduce_l1.md):
@@ -115,13 +117,6 @@ def meta_footprint(source: str, init_seed: int = 0) -> Footprint:
 # ----------------------------------------------------------------------------- isolated children
 
 
-def _vm_size_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def peak_rss_mb() -> float:
     """This process's peak resident memory (VmHWM), in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -142,11 +137,9 @@ def is_memory_error(exc: BaseException) -> bool:
 
 def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], memory_mb: int) -> None:
     try:
-        from vegtts.evaluate.server import steady_malloc
-
         steady_malloc()  # the evaluator's children allocate this way too (timings comparable)
         if memory_mb > 0:
-            limit = _vm_size_bytes() + (memory_mb << 20)
+            limit = vm_size_bytes() + (memory_mb << 20)
             resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
         result = fn(*args)
         message: tuple[str, Any, float] = ("ok", result, peak_rss_mb())
@@ -172,7 +165,7 @@ def _context() -> Any:
         _CONTEXT = multiprocessing.get_context("forkserver")
         # everything a child imports, so that a child starts in milliseconds
         _CONTEXT.set_forkserver_preload(
-            ["torch", "torch.utils.flop_counter", "vegtts.evaluate.server", "vegtts.evaluate.compare",
+            ["torch", "torch.utils.flop_counter", "vegtts.evaluate.sandbox", "vegtts.evaluate.compare",
              "vegtts.tasks.probe", "vegtts.tasks.validate", "vegtts.tasks.reduce", "vegtts.tasks.probe_warmup"]
         )
     return _CONTEXT

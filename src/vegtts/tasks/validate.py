@@ -218,11 +218,11 @@ def _perturbed(value: Any, generator: Any) -> Any | None:
 
 def _pooled_rounds(batches: dict[int, list[list[Any]]]) -> dict[int, list[list[Any]]] | None:
     """Each round's inputs as the evaluator's timing child sees them: views of a read-only mapping
-    of that round's sealed memfd (evaluate/pool.py), written long before the round runs (cold
+    of that round's sealed memfd (evaluate/input_pool.py), written long before the round runs (cold
     caches); None where the inputs cannot be pooled (the evaluator then sends copies too)."""
     import socket
 
-    from vegtts.evaluate.pool import InputPool, receive_batch
+    from vegtts.evaluate.input_pool import InputPool, receive_batch
 
     try:
         pool = InputPool.build(batches, sides=1)
