@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vegtts.evaluate.cuda.evaluator import evaluate_task_cuda
-from vegtts.evaluate.runner import evaluate_task_cpu
+from vegtts.evaluate.cuda.evaluator import CudaDevice
+from vegtts.evaluate.runner import CpuDevice
 from vegtts.evaluate.server import Launcher
 from vegtts.evaluate.settings import EvalSettings
+from vegtts.evaluate.task import Device, evaluate_programs
 from vegtts.records import EvalRecord, TaskSpec
 
 
@@ -29,6 +30,9 @@ def evaluate_task(
     Identical programs are evaluated once; verdicts are cached per candidate under `cache_dir`.
     `launcher` (CPU only) defaults to the shared warm fork server (benchmarks pass a SpawnLauncher).
     """
+    device: Device
     if settings.device == "cuda":
-        return evaluate_task_cuda(spec, candidates, settings, cache_dir)
-    return evaluate_task_cpu(spec, candidates, settings, cache_dir, launcher=launcher)
+        device = CudaDevice(spec, settings, cache_dir, gpus=None, dry_device=None, details=None)
+    else:
+        device = CpuDevice(spec, settings, launcher)
+    return evaluate_programs(device, spec, candidates, settings, cache_dir)

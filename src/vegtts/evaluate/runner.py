@@ -29,7 +29,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from vegtts.evaluate.compare import Comparison, compare_outputs, same_values
@@ -39,9 +38,9 @@ from vegtts.evaluate.reference import ReferenceContext
 from vegtts.evaluate.server import ForkServer, Launcher, shared_fork_server
 from vegtts.evaluate.session import ChildFailure, ChildSession
 from vegtts.evaluate.settings import EvalSettings
-from vegtts.evaluate.task import Finish, Verdict, evaluate_programs, timing_lock
+from vegtts.evaluate.task import Finish, Verdict, timing_lock
 from vegtts.io import hardware_key
-from vegtts.records import EvalRecord, TaskSpec
+from vegtts.records import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -344,16 +343,3 @@ class CpuDevice:
         with ThreadPoolExecutor(max_workers=max(1, min(self.settings.max_parallel, len(programs)))) as pool:
             for future in [pool.submit(run, p) for p in programs]:
                 future.result()
-
-
-def evaluate_task_cpu(
-    spec: TaskSpec,
-    candidates: list[tuple[str, str]],
-    settings: EvalSettings,
-    cache_dir: Path | None = None,
-    *,
-    launcher: Launcher | None = None,
-) -> list[EvalRecord]:
-    """`evaluate_task` on the CPU; `launcher` defaults to the shared warm fork server (benchmarks
-    pass a SpawnLauncher)."""
-    return evaluate_programs(CpuDevice(spec, settings, launcher), spec, candidates, settings, cache_dir)
