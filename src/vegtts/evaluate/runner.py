@@ -1,4 +1,6 @@
-"""The CPU device of the evaluator (task.py runs the sequence around it): static checks, correctness, paired timing in fresh children, re-measuring, caching.
+"""The CPU device of the evaluator (`CpuDevice`): correctness and paired timing in fresh children.
+
+task.py runs the sequence around it (distinct programs, the cache, the static checks, records).
 
 Per candidate (docs/evaluator.md, "Timing protocol"):
 1. a candidate child runs setup and the correctness trials (public seeds; the parent compares);
@@ -316,7 +318,6 @@ def control_summary(spec: TaskSpec, settings: EvalSettings) -> dict[str, Any] | 
 def _close_contexts() -> None:
     for ctx in _last_context.values():
         ctx.close()
-
 
 
 class CpuDevice:
