@@ -39,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from vegtts.evaluate.cuda.build_cache import build_dir_for, build_env, is_warm  # noqa: E402
-from vegtts.evaluate.cuda.evaluator import close_sessions, evaluate_task_cuda, toolchain_id, visible_gpus  # noqa: E402
+from vegtts.evaluate.cuda.evaluator import evaluate_task_cuda  # noqa: E402
+from vegtts.evaluate.cuda.gpu_session import close_sessions  # noqa: E402
+from vegtts.evaluate.cuda.processes import toolchain_id, visible_gpus  # noqa: E402
 from vegtts.evaluate.settings import EvalSettings  # noqa: E402
 from vegtts.tasks import load_tasks, solution_program  # noqa: E402
 

@@ -42,7 +42,7 @@ def profile_one(job: dict, calls: int, warmup: int) -> dict:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    from vegtts.evaluate.runner import derive_seed
+    from vegtts.evaluate.task import derive_seed
     from vegtts.tasks import load_tasks, make_init_inputs
 
     if job.get("build_dir"):

@@ -539,7 +539,7 @@ def test_resolve_tasks_records_validation_findings(tmp_path, caplog):
 
 
 def _rounds(run_ms, untimed_ms, request_ms=None):
-    from vegtts.evaluate.runner import SideRounds
+    from vegtts.evaluate.paired_timing import SideRounds
 
     ms = 1_000_000
     n = len(run_ms)
@@ -550,7 +550,7 @@ def _rounds(run_ms, untimed_ms, request_ms=None):
 
 
 def test_hidden_work_is_charged_symmetrically():
-    from vegtts.evaluate.runner import charged_rounds
+    from vegtts.evaluate.paired_timing import charged_rounds
 
     ref = _rounds([10, 10, 10, 10], [2, 2, 3, 2])
     honest = _rounds([5, 5, 5, 5], [2, 3, 2, 2])
@@ -567,7 +567,7 @@ def test_hidden_work_is_charged_symmetrically():
 
 
 def test_untimed_and_background_work_reasons():
-    from vegtts.evaluate.runner import untimed_work_reason
+    from vegtts.evaluate.paired_timing import untimed_work_reason
 
     n = 15
     ref = _rounds([10] * n, [2] * n)
@@ -587,7 +587,7 @@ def test_untimed_and_background_work_reasons():
 
 
 def test_cpu_budget_only_binds_wall_timed_multithreaded_runs():
-    from vegtts.evaluate.runner import SideRounds, cpu_budget_reason
+    from vegtts.evaluate.paired_timing import SideRounds, cpu_budget_reason
 
     ms = 1_000_000
     wide = SideRounds(run_cpu=[20 * ms] * 5, run_wall=[10 * ms] * 5)
@@ -623,7 +623,7 @@ def test_paired_interval_covers_the_median_at_the_nominal_rate():
 
 def test_child_cpu_clock_counts_work_between_requests():
     """The process CPU clock of a real child sees a thread that works after its request returned."""
-    from vegtts.evaluate.runner import ReferenceContext
+    from vegtts.evaluate.reference import ReferenceContext
     from vegtts.evaluate.session import ChildSession
 
     program = PROBLEMS["scale"] + (

@@ -401,12 +401,12 @@ def test_blocking_kernel_ptx_assembles_for_hopper(tmp_path):
 
 
 def test_repeated_keyword_is_a_syntax_error_not_a_runtime_error():
-    from vegtts.evaluate.runner import _pre_check
+    from vegtts.evaluate.task import pre_check
 
     spec = {s.task_id: s for s in load_tasks(SMALL)}["gpu_gelu_tanh"]
-    v = _pre_check(spec, "def f(**k):\n    pass\n\nf(a=1, a=2)\n", EvalSettings())
+    v = pre_check(spec, "def f(**k):\n    pass\n\nf(a=1, a=2)\n", EvalSettings())
     assert v is not None and v.status == "syntax_error" and "keyword argument repeated" in v.error
-    assert _pre_check(spec, solution_program(spec, "class ModelNew(Model):\n    pass\n"), EvalSettings()) is None
+    assert pre_check(spec, solution_program(spec, "class ModelNew(Model):\n    pass\n"), EvalSettings()) is None
 
 
 def test_gpu_sized_problems_are_screened_at_a_small_batch_without_the_cpu_timing_check():

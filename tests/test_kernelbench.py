@@ -429,7 +429,7 @@ def test_evaluate_reports_a_reference_failing_in_train_mode_as_a_task_error(tmp_
     import pandas as pd
 
     from vegtts.cli import main
-    from vegtts.evaluate.runner import ReferenceError_
+    from vegtts.evaluate.reference import ReferenceFailure
     from vegtts.io import write_parquet
     from vegtts.tasks import resolve_tasks_to_json
 
@@ -446,7 +446,7 @@ def test_evaluate_reports_a_reference_failing_in_train_mode_as_a_task_error(tmp_
     with caplog.at_level("ERROR"):
         assert main(args) == 2  # before: an uncaught RuntimeError and its traceback
     assert "kb1_33: the reference forward fails: Expected more than 1 value per channel when training" in caplog.text
-    assert issubclass(ReferenceError_, ValueError)
+    assert issubclass(ReferenceFailure, ValueError)
 
 
 def test_degenerate_programs_must_also_pass_the_evaluators_varied_trial(monkeypatch):

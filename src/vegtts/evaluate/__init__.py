@@ -6,7 +6,7 @@ Public API:
     evaluate_samples_file(samples_parquet, task, settings_dict, cache_dir, out_parquet)
 """
 
-from vegtts.evaluate.runner import evaluate_task
+from vegtts.evaluate.devices import evaluate_task
 from vegtts.evaluate.samples import evaluate_samples_file
 from vegtts.evaluate.settings import EvalSettings
 

@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
-from vegtts.evaluate.pool import receive_batch
-from vegtts.evaluate.protocol import recv_message, send_json, send_message, tune_socket
+from vegtts.evaluate.input_pool import receive_batch
+from vegtts.evaluate.protocol import incoming_requests, recv_message, send_json, send_message, tune_socket
+from vegtts.evaluate.sandbox import isolate_network, setup_child_process
 from vegtts.evaluate.weights import load_reference_state
 
 _OOM_MARKERS = ("can't allocate memory", "not enough memory", "out of memory", "bad_alloc", "cannot allocate memory")
@@ -111,7 +112,7 @@ def _watched_objects() -> list[tuple[Any, str]]:
     import time
 
     import vegtts.evaluate.child as harness
-    import vegtts.evaluate.pool as pool
+    import vegtts.evaluate.input_pool as input_pool
     import vegtts.evaluate.protocol as protocol
 
     out: list[tuple[Any, str]] = [
@@ -121,7 +122,7 @@ def _watched_objects() -> list[tuple[Any, str]]:
     out += [(torch.cuda, "synchronize"), (threading, "active_count"), (torch.nn.Module, "__call__")]
     if hasattr(torch, "cpu") and hasattr(torch.cpu, "synchronize"):
         out.append((torch.cpu, "synchronize"))
-    for module in (harness, pool, protocol):
+    for module in (harness, input_pool, protocol):
         out += [(module, n) for n, v in vars(module).items() if callable(v) and not n.startswith("__")]
     return out
 
@@ -166,13 +167,6 @@ CHILD_GUARDS: list[Callable[[ChildState, list[Any], Any], str | None]] = [
     guard_background_threads,
     guard_thread_count,
 ]
-
-
-def run_guards(state: ChildState, inputs: list[Any], output: Any) -> None:
-    for guard in CHILD_GUARDS:
-        reason = guard(state, inputs, output)
-        if reason:
-            raise GuardViolation(reason.split(":", 1)[0], reason)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -312,7 +306,7 @@ def child_main(sock: socket.socket, confinement: dict[str, Any] | None = None) -
     The harness functions are bound to locals here, before any candidate code runs, so a
     candidate that reassigns this module's attributes changes nothing the loop calls.
     """
-    recv_message, send_json, send_message = _recv_message, _send_json, _send_message
+    requests, recv_message, send_json, send_message = _incoming_requests, _recv_message, _send_json, _send_message
     _build, _forward, aliasing, describe, receive_batch, _failure = (
         _build_, _forward_, _aliasing, _describe_output, _receive_batch, _failure_
     )
@@ -320,14 +314,8 @@ def child_main(sock: socket.socket, confinement: dict[str, Any] | None = None) -
     tune_socket(sock)
     state = ChildState(baseline_threads=threading.active_count())
     filename = "<candidate>"
-    while True:
-        try:
-            msg = recv_message(sock)
-        except EOFError:
-            return
+    for msg in requests(sock, recv_message):
         op = msg.get("op")
-        if op == "bye":
-            return
         if op == "setup":
             state.role = msg["role"]
             state.threads = int(msg["threads"])
@@ -381,8 +369,6 @@ def spawn_main(fd: int) -> None:
     import json
     import os
 
-    from vegtts.evaluate.server import isolate_network, setup_child_process
-
     isolate_network()
     config = json.loads(os.environ["VEGTTS_CHILD_CONFIG"])
     confinement = setup_child_process(config)
@@ -395,6 +381,6 @@ def spawn_main(fd: int) -> None:
 
 
 # originals, bound by child_main before candidate code can reassign the module attributes
-_recv_message, _send_json, _send_message = recv_message, send_json, send_message
+_incoming_requests, _recv_message, _send_json, _send_message = incoming_requests, recv_message, send_json, send_message
 _build_, _forward_, _aliasing, _describe_output, _receive_batch, _failure_ = _build, _forward, aliasing, describe_output, receive_batch, _failure
 _WATCHED = _watched_objects()

@@ -14,6 +14,7 @@ import json
 import socket
 import struct
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -212,3 +213,16 @@ def recv_message(sock: socket.socket, deadline: float | None = None, max_bytes: 
     if kind == b"M":
         return _decode_m(sock, length, deadline)
     raise ProtocolError(f"bad frame kind {kind!r}")
+
+
+def incoming_requests(sock: socket.socket, recv: Callable[[socket.socket], Any] = recv_message) -> Iterator[dict[str, Any]]:
+    """The peer's requests in turn, until it says bye or closes the socket (a child's and a GPU
+    worker's serving loop).  Servers pass the `recv` they bound before any program ran."""
+    while True:
+        try:
+            msg = recv(sock)
+        except EOFError:
+            return
+        if msg.get("op") == "bye":
+            return
+        yield msg

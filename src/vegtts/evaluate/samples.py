@@ -9,7 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from vegtts.evaluate.runner import control_summary, evaluate_task
+from vegtts.evaluate.devices import evaluate_task
+from vegtts.evaluate.runner import control_summary
 from vegtts.evaluate.settings import EvalSettings
 from vegtts.io import (
     digest_of,

@@ -1,5 +1,9 @@
 """Kernel-level confinement of a child and the parent's view into it (Linux).
 
+- ``setup_child_process``: what a child does to itself before any candidate code runs (its own
+  session, stdout/stderr to a capped file, resource limits, a uid of its own when the parent is
+  root, the two confinements below); ``isolate_network``: the fork server's empty network
+  namespace, which every child inherits.
 - ``private_tmp``: the child gets its own mount namespace with fresh tmpfs mounts over every
   world-writable directory (``/tmp``, ``/dev/shm``, ``/var/tmp``, ``/run/lock``), so nothing one
   candidate writes there survives it or reaches another candidate (needs root, before the uid
@@ -11,7 +15,7 @@
   ``perf_event_open`` and ``sched_setaffinity`` (the parent pins the child from outside).
   Threads stay allowed; their CPU is the process's, which the parent charges.
 - ``read_memory``: the parent reads bytes of a child's address space (``process_vm_readv``), so
-  an output check runs no code in the child.
+  an output check runs no code in the child; ``process_cpu_clock``: the child's CPU clock.
 """
 
 from __future__ import annotations
@@ -21,8 +25,13 @@ import errno
 import logging
 import os
 import platform
+import resource
+import signal
 import struct
-from typing import TYPE_CHECKING
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -165,7 +174,155 @@ def private_tmp(uid: int | None, size_mb: int) -> list[str]:
         return []
 
 
-# ----------------------------------------------------------------------------- reading a child's memory
+# ----------------------------------------------------------------------------- setting a child up
+
+STDIO_CAP_BYTES = 16 << 20  # RLIMIT_FSIZE of a child: its stdout/stderr file cannot grow past this
+
+
+def vm_size_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _user_process_count(uid: int) -> int:
+    count = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("Uid:"):
+                    count += int(line.split()[1]) == uid
+                    break
+        except OSError:
+            continue
+    return count
+
+
+class CappedOutput:
+    """sys.stdout/stderr of a child: writes to fd 1 until `cap` bytes, then silently drops."""
+
+    def __init__(self, fd: int, cap: int) -> None:
+        self.fd, self.cap, self.written = fd, cap, 0
+        self.encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        if self.written < self.cap:
+            data = str(text).encode("utf-8", "replace")[: self.cap - self.written]
+            try:
+                os.write(self.fd, data)
+            except OSError:
+                self.written = self.cap
+            self.written += len(data)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def steady_malloc() -> None:
+    """Make glibc serve big tensors from the heap and keep freed memory.
+
+    By default glibc maps each large block afresh (page faults on every new output tensor) until
+    a free raises its threshold, so a child's speed depends on its allocation history: a fresh
+    child and a reused one would time the same code differently.  Fixed thresholds make every
+    child reuse freed blocks from the first repeat on.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        pass
+
+
+def setup_child_process(config: dict[str, Any]) -> dict[str, Any]:
+    """Runs in the child before any candidate code: isolate, limit, drop privileges.
+
+    Returns what confinement took effect: {"private_dirs": [...], "seccomp": bool}.
+    """
+    os.setsid()
+    steady_malloc()
+    stdio = os.open(config["stdio"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(stdio, 1)
+    os.dup2(stdio, 2)
+    os.close(stdio)
+    os.close(devnull)
+    sys.stdout = sys.stderr = CappedOutput(1, STDIO_CAP_BYTES // 4)  # type: ignore[assignment]
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the cap fails instead of killing
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if config.get("affinity"):
+        try:
+            os.sched_setaffinity(0, config["affinity"])
+        except OSError:
+            pass
+    threads = int(config["threads"])
+    # glibc reserves a malloc arena and a stack per thread: give extra threads their address space
+    address_space = vm_size_bytes() + int(config["memory_limit_mb"]) * (1 << 20) + threads * (80 << 20)
+    limits = {
+        resource.RLIMIT_AS: address_space,
+        resource.RLIMIT_CPU: int(config["cpu_s"]),
+        resource.RLIMIT_FSIZE: STDIO_CAP_BYTES,
+        resource.RLIMIT_CORE: 0,
+    }
+    uid = config.get("uid")
+    private_dirs: list[str] = []
+    if uid is not None and os.geteuid() == 0:
+        os.chown(config["scratch"], uid, uid)
+        limits[resource.RLIMIT_NPROC] = threads + 4  # counts threads; the child's uid is its own
+        # its own /tmp, /dev/shm, ...: nothing it writes there outlives it or reaches another child
+        private_dirs = private_tmp(uid, max(64, int(config["memory_limit_mb"]) // 2))
+    else:
+        limits[resource.RLIMIT_NPROC] = _user_process_count(os.getuid()) + threads + 16
+    for what, value in limits.items():
+        soft_hard = (value, value + 5) if what == resource.RLIMIT_CPU else (value, value)
+        try:
+            resource.setrlimit(what, soft_hard)
+        except (ValueError, OSError):
+            resource.setrlimit(what, (value, resource.getrlimit(what)[1]))
+    if uid is not None and os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    home = "/tmp" if "/tmp" in private_dirs else config["scratch"]
+    os.chdir(home)
+    os.environ.update({"HOME": home, "TMPDIR": home})
+    import torch
+
+    torch.set_num_threads(threads)
+    return {"private_dirs": private_dirs, "seccomp": no_new_processes()}
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def isolate_network() -> bool:
+    """Move this process into a new, empty network namespace (only a down loopback).
+
+    Needs CAP_SYS_ADMIN (root here); returns False where the OS does not allow it.  Children
+    forked afterwards inherit the namespace, so they cannot open any network connection
+    (not even to 127.0.0.1 of the host); unix sockets in the filesystem are not covered.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.unshare(_CLONE_NEWNET) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+# ----------------------------------------------------------------------------- the parent's view into a child
 
 
 _IOV_MAX = 1024
@@ -194,3 +351,15 @@ def read_memory(pid: int, iov: np.ndarray) -> bytes | None:
             return None
         done += size
     return out.raw[:total]
+
+
+def process_cpu_clock(pid: int) -> int | None:
+    """The clock id of `pid`'s CPU time (all its threads, ns resolution), or None where unavailable."""
+    try:
+        clock = ctypes.c_int()
+        if ctypes.CDLL(None).clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
+            return None
+        time.clock_gettime_ns(clock.value)
+        return clock.value
+    except (OSError, AttributeError):
+        return None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -28,141 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from vegtts.evaluate import sandbox
+from vegtts.evaluate.sandbox import isolate_network, setup_child_process
 
 log = logging.getLogger(__name__)
 
-STDIO_CAP_BYTES = 16 << 20  # RLIMIT_FSIZE of a child: its stdout/stderr file cannot grow past this
 _SRC_ROOT = str(Path(__file__).resolve().parents[2])  # .../src, so children import this vegtts
 _PR_SET_CHILD_SUBREAPER = 36
-
-
-def _vm_size_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _user_process_count(uid: int) -> int:
-    count = 0
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("Uid:"):
-                    count += int(line.split()[1]) == uid
-                    break
-        except OSError:
-            continue
-    return count
-
-
-class CappedOutput:
-    """sys.stdout/stderr of a child: writes to fd 1 until `cap` bytes, then silently drops."""
-
-    def __init__(self, fd: int, cap: int) -> None:
-        self.fd, self.cap, self.written = fd, cap, 0
-        self.encoding = "utf-8"
-
-    def write(self, text: str) -> int:
-        if self.written < self.cap:
-            data = str(text).encode("utf-8", "replace")[: self.cap - self.written]
-            try:
-                os.write(self.fd, data)
-            except OSError:
-                self.written = self.cap
-            self.written += len(data)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        return self.fd
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def steady_malloc() -> None:
-    """Make glibc serve big tensors from the heap and keep freed memory.
-
-    By default glibc maps each large block afresh (page faults on every new output tensor) until
-    a free raises its threshold, so a child's speed depends on its allocation history: a fresh
-    child and a reused one would time the same code differently.  Fixed thresholds make every
-    child reuse freed blocks from the first repeat on.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-    except (OSError, AttributeError):
-        pass
-
-
-def setup_child_process(config: dict[str, Any]) -> dict[str, Any]:
-    """Runs in the child before any candidate code: isolate, limit, drop privileges.
-
-    Returns what confinement took effect: {"private_dirs": [...], "seccomp": bool}.
-    """
-    os.setsid()
-    steady_malloc()
-    stdio = os.open(config["stdio"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(stdio, 1)
-    os.dup2(stdio, 2)
-    os.close(stdio)
-    os.close(devnull)
-    sys.stdout = sys.stderr = CappedOutput(1, STDIO_CAP_BYTES // 4)  # type: ignore[assignment]
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the cap fails instead of killing
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if config.get("affinity"):
-        try:
-            os.sched_setaffinity(0, config["affinity"])
-        except OSError:
-            pass
-    threads = int(config["threads"])
-    # glibc reserves a malloc arena and a stack per thread: give extra threads their address space
-    address_space = _vm_size_bytes() + int(config["memory_limit_mb"]) * (1 << 20) + threads * (80 << 20)
-    limits = {
-        resource.RLIMIT_AS: address_space,
-        resource.RLIMIT_CPU: int(config["cpu_s"]),
-        resource.RLIMIT_FSIZE: STDIO_CAP_BYTES,
-        resource.RLIMIT_CORE: 0,
-    }
-    uid = config.get("uid")
-    private_dirs: list[str] = []
-    if uid is not None and os.geteuid() == 0:
-        os.chown(config["scratch"], uid, uid)
-        limits[resource.RLIMIT_NPROC] = threads + 4  # counts threads; the child's uid is its own
-        # its own /tmp, /dev/shm, ...: nothing it writes there outlives it or reaches another child
-        private_dirs = sandbox.private_tmp(uid, max(64, int(config["memory_limit_mb"]) // 2))
-    else:
-        limits[resource.RLIMIT_NPROC] = _user_process_count(os.getuid()) + threads + 16
-    for what, value in limits.items():
-        soft_hard = (value, value + 5) if what == resource.RLIMIT_CPU else (value, value)
-        try:
-            resource.setrlimit(what, soft_hard)
-        except (ValueError, OSError):
-            resource.setrlimit(what, (value, resource.getrlimit(what)[1]))
-    if uid is not None and os.geteuid() == 0:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-    home = "/tmp" if "/tmp" in private_dirs else config["scratch"]
-    os.chdir(home)
-    os.environ.update({"HOME": home, "TMPDIR": home})
-    import torch
-
-    torch.set_num_threads(threads)
-    return {"private_dirs": private_dirs, "seccomp": sandbox.no_new_processes()}
 
 
 def _uid_processes(uid: int) -> list[int]:
@@ -218,24 +88,6 @@ def _kill_uid(uid: int, child_pid: int) -> None:
             return
     log.warning("processes of sandbox uid %d survived the sweep", uid)
 
-
-_CLONE_NEWNET = 0x40000000
-
-
-def isolate_network() -> bool:
-    """Move this process into a new, empty network namespace (only a down loopback).
-
-    Needs CAP_SYS_ADMIN (root here); returns False where the OS does not allow it.  Children
-    forked afterwards inherit the namespace, so they cannot open any network connection
-    (not even to 127.0.0.1 of the host); unix sockets in the filesystem are not covered.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.unshare(_CLONE_NEWNET) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 # ----------------------------------------------------------------------------- server process

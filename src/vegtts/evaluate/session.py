@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vegtts.evaluate.protocol import Encoded, ProtocolError, recv_message, send_json, tune_socket
+from vegtts.evaluate.sandbox import process_cpu_clock
 from vegtts.evaluate.server import Launcher
 
 _OOM_MARKERS = ("MemoryError", "bad_alloc", "can't allocate memory", "Cannot allocate memory", "out of memory")
@@ -30,20 +31,6 @@ class ChildFailure(Exception):
         self.status = status
         self.error = error
         self.guard = guard
-
-
-def process_cpu_clock(pid: int) -> int | None:
-    """The clock id of `pid`'s CPU time (all its threads, ns resolution), or None where unavailable."""
-    try:
-        import ctypes
-
-        clock = ctypes.c_int()
-        if ctypes.CDLL(None).clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
-            return None
-        time.clock_gettime_ns(clock.value)
-        return clock.value
-    except (OSError, AttributeError):
-        return None
 
 
 @dataclass

@@ -60,15 +60,15 @@ class Footprint:
         return asdict(self)
 
 
-def _nbytes(obj: Any) -> int:
+def nbytes(obj: Any) -> int:
     import torch
 
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(x) for x in obj)
+        return sum(nbytes(x) for x in obj)
     if isinstance(obj, dict):
-        return sum(_nbytes(x) for x in obj.values())
+        return sum(nbytes(x) for x in obj.values())
     return 0
 
 
@@ -87,8 +87,8 @@ def meta_footprint(source: str, init_seed: int = 0) -> Footprint:
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
             out = func(*args, **(kwargs or {}))
-            self.read += _nbytes(list(args)) + _nbytes(kwargs or {})
-            self.written += _nbytes(out)
+            self.read += nbytes(list(args)) + nbytes(kwargs or {})
+            self.written += nbytes(out)
             return out
 
     fp = Footprint()
@@ -98,13 +98,13 @@ def meta_footprint(source: str, init_seed: int = 0) -> Footprint:
             seed_everything(init_seed)
             model = module.Model(*module.get_init_inputs())
             inputs = list(module.get_inputs())
-            fp.input_bytes = _nbytes(inputs)
+            fp.input_bytes = nbytes(inputs)
             if isinstance(model, torch.nn.Module):
-                fp.param_bytes = sum(_nbytes(t) for t in model.state_dict().values())
+                fp.param_bytes = sum(nbytes(t) for t in model.state_dict().values())
             counter = ByteCounter()
             with torch.no_grad(), FlopCounterMode(display=False) as flops, counter:
                 output = model(*inputs)
-            fp.output_bytes = _nbytes(output)
+            fp.output_bytes = nbytes(output)
             fp.read_bytes, fp.written_bytes = counter.read, counter.written
             fp.flops = int(flops.get_total_flops())
     except Exception as exc:  # noqa: BLE001 - any failure only means "no estimate"
@@ -113,13 +113,6 @@ def meta_footprint(source: str, init_seed: int = 0) -> Footprint:
 
 
 # ----------------------------------------------------------------------------- isolated children
-
-
-def _vm_size_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def peak_rss_mb() -> float:
@@ -142,11 +135,11 @@ def is_memory_error(exc: BaseException) -> bool:
 
 def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], memory_mb: int) -> None:
     try:
-        from vegtts.evaluate.server import steady_malloc
+        from vegtts.evaluate.sandbox import steady_malloc, vm_size_bytes  # the evaluate package imports torch
 
         steady_malloc()  # the evaluator's children allocate this way too (timings comparable)
         if memory_mb > 0:
-            limit = _vm_size_bytes() + (memory_mb << 20)
+            limit = vm_size_bytes() + (memory_mb << 20)
             resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
         result = fn(*args)
         message: tuple[str, Any, float] = ("ok", result, peak_rss_mb())
@@ -172,7 +165,7 @@ def _context() -> Any:
         _CONTEXT = multiprocessing.get_context("forkserver")
         # everything a child imports, so that a child starts in milliseconds
         _CONTEXT.set_forkserver_preload(
-            ["torch", "torch.utils.flop_counter", "vegtts.evaluate.server", "vegtts.evaluate.compare",
+            ["torch", "torch.utils.flop_counter", "vegtts.evaluate.sandbox", "vegtts.evaluate.compare",
              "vegtts.tasks.probe", "vegtts.tasks.validate", "vegtts.tasks.reduce", "vegtts.tasks.probe_warmup"]
         )
     return _CONTEXT

@@ -52,7 +52,16 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from vegtts.records import TaskSpec
-from vegtts.tasks.runtime import build_reference, clone_tree, fresh_inputs, load_reference_module
+from vegtts.tasks.probe import is_memory_error, meta_footprint, run_isolated
+from vegtts.tasks.reference_timing import POOL_MAX_BYTES, TIMING_SEED, time_per_call_ms
+from vegtts.tasks.runtime import (
+    build_reference,
+    clone_tree,
+    fresh_inputs,
+    load_reference_module,
+    varied_trial_inputs,
+)
+from vegtts.tasks.shapes import assign_constants, current_values, infer_roles
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +73,11 @@ PROGRAM_SEED = 0  # the seed a constant program could have precomputed its answe
 VARIED_SEED = 7  # the evaluator's varied-input trial (where it has one)
 PERTURB_SEED = 12345
 INIT_SEED = 0
-TIMING_SEED = 1000
 UNSCREENED = ("memory", "timeout", "crash", "screen_error")
 DEFAULT_MEMORY_BUDGET_MB = 4096
 DEFAULT_TIMEOUT_S = 600.0
 SCREEN_BATCH = 2  # batch constants of a GPU-sized problem while it is screened on the CPU
 GPU_SUITES = ("builtin_gpu",)
-POOL_MAX_BYTES = 1 << 30  # timing inputs read from shared-memory mappings up to this size (the evaluator's cap)
 
 
 @dataclass(frozen=True)
@@ -114,8 +121,6 @@ def is_gpu_sized(spec: TaskSpec) -> bool:
 
 def small_batch_source(source: str) -> str:
     """`source` with its batch constants (tasks.shapes.infer_roles) above SCREEN_BATCH set to it."""
-    from vegtts.tasks.shapes import assign_constants, current_values, infer_roles
-
     values = current_values(source)
     small = {n: SCREEN_BATCH for n, role in infer_roles(source).items() if role == "batch" and values[n] > SCREEN_BATCH}
     return assign_constants(source, small, "screen", "screening on the CPU at a small batch")
@@ -126,8 +131,6 @@ class _Stop(Exception):
 
 
 def _stage(stage: str, fn: Any, *args: Any) -> Any:
-    from vegtts.tasks.probe import is_memory_error
-
     try:
         return fn(*args)
     except _Stop:
@@ -167,14 +170,9 @@ def _identical(a: Any, b: Any) -> bool:
 def passes(spec: TaskSpec, reference: Any, output: Any, varied: bool = False) -> bool:
     """Would `output` pass the evaluator's correctness check against `reference` for this task?
     (`varied`: the evaluator's varied trial, whose absolute tolerance scales with its output.)"""
-    import inspect
+    from vegtts.evaluate.compare import compare_outputs  # imports torch: not while Snakemake parses
 
-    from vegtts.evaluate.compare import compare_outputs
-
-    scaled = varied or getattr(spec, "atol_scaled", False)
-    if scaled and "atol_scaled" in inspect.signature(compare_outputs).parameters:
-        return compare_outputs(reference, output, spec.atol, spec.rtol, atol_scaled=True).ok
-    return compare_outputs(reference, output, spec.atol, spec.rtol).ok
+    return compare_outputs(reference, output, spec.atol, spec.rtol, atol_scaled=varied or spec.atol_scaled).ok
 
 
 def _like(output: Any, make: Any) -> Any:
@@ -214,70 +212,6 @@ def _perturbed(value: Any, generator: Any) -> Any | None:
         return (value.double() + noise).to(value.dtype)
     rolled = value.flatten().roll(1).view_as(value)
     return None if torch.equal(rolled, value) else rolled
-
-
-def _pooled_rounds(batches: dict[int, list[list[Any]]]) -> dict[int, list[list[Any]]] | None:
-    """Each round's inputs as the evaluator's timing child sees them: views of a read-only mapping
-    of that round's sealed memfd (evaluate/pool.py), written long before the round runs (cold
-    caches); None where the inputs cannot be pooled (the evaluator then sends copies too)."""
-    import socket
-
-    from vegtts.evaluate.pool import InputPool, receive_batch
-
-    try:
-        pool = InputPool.build(batches, sides=1)
-    except (TypeError, OSError, AttributeError):
-        return None
-    sender, receiver = socket.socketpair()
-    try:
-        mapped = {}
-        for r in batches:
-            pool.fd_sender(0, r)(sender)
-            mapped[r] = receive_batch(receiver, pool.layout[r])
-        return mapped
-    finally:
-        sender.close()
-        receiver.close()
-        pool.close()  # the mappings stay valid after their fds are closed
-
-
-def time_per_call_ms(model: Any, module: Any, calls: int, rounds: int, seed: int = TIMING_SEED, pooled: bool = True) -> float:
-    """Fastest round's time per call, each call on its own fresh inputs, as the evaluator times a
-    reference: an untimed warm-up round, then `rounds` rounds of `calls` calls.
-
-    With `pooled` (not for a reference that writes into its inputs), the inputs of every round are
-    generated first and read from shared-memory mappings like the evaluator's input pool, up to
-    POOL_MAX_BYTES in all (a cache-warm input made RMSNorm look 5x faster than the evaluator
-    measured it); otherwise each round's inputs are generated just before it, outside the clock.
-    The minimum over rounds, not the median, so that a loaded machine does not trigger the
-    timing finding (the evaluator's median is higher there).
-    """
-    import torch
-
-    from vegtts.tasks.runtime import fresh_inputs
-
-    def batch_of(r: int) -> list[list[Any]]:
-        return [fresh_inputs(module, seed + (r + 1) * calls + c) for c in range(calls)]
-
-    mapped = None
-    if pooled:
-        first = batch_of(-1)
-        per_round = sum(t.numel() * t.element_size() for inputs in first for t in _flat_tensors(inputs))
-        if per_round * (rounds + 1) <= POOL_MAX_BYTES:
-            mapped = _pooled_rounds({-1: first, **{r: batch_of(r) for r in range(rounds)}})
-        del first
-    best = math.inf
-    with torch.no_grad():
-        for r in range(-1, rounds):
-            batch = mapped.pop(r) if mapped is not None else batch_of(r)
-            start = time.perf_counter()
-            for inputs in batch:
-                model(*inputs)
-            elapsed = (time.perf_counter() - start) / calls
-            if r >= 0:
-                best = min(best, elapsed)
-            del batch
-    return best * 1e3
 
 
 def _fmt_ms(ms: float) -> str:
@@ -350,12 +284,9 @@ def _varied_trial(spec: TaskSpec, module: Any, model: Any) -> tuple[list[Any], A
     """(inputs, reference output) of the evaluator's extra correctness trial on varied (signed,
     wider) inputs, where the evaluator makes one (`tasks.runtime.varied_trial_inputs`, a task's
     `varied_inputs`); None otherwise."""
-    from vegtts.tasks import runtime
-
-    make = getattr(runtime, "varied_trial_inputs", None)
-    if make is None or not getattr(spec, "varied_inputs", False):
+    if not spec.varied_inputs:
         return None
-    got = make(module, model, VARIED_SEED, fresh_inputs)
+    got = varied_trial_inputs(module, model, VARIED_SEED, fresh_inputs)
     if got is None:
         return None
     inputs = got[0]
@@ -395,8 +326,6 @@ def _degenerate_output(spec: TaskSpec, program_output: Any, trials: list[Any], t
 def _ignored_inputs(spec: TaskSpec, model: Any, inputs: list[Any], output: Any) -> list[str]:
     import torch
 
-    from vegtts.tasks.probe import is_memory_error
-
     findings = []
     generator = torch.Generator().manual_seed(PERTURB_SEED)
     for i, value in enumerate(inputs):
@@ -424,8 +353,6 @@ def _ignored_inputs(spec: TaskSpec, model: Any, inputs: list[Any], output: Any) 
 def _screen_here(spec: TaskSpec, settings: ScreenSettings) -> ScreenResult:
     """The whole screen of one problem in this process; every exception becomes a finding."""
     import torch
-
-    from vegtts.tasks.probe import meta_footprint
 
     result = ScreenResult(spec.task_id)
     if is_gpu_sized(spec):
@@ -470,8 +397,6 @@ def screen_task(spec: TaskSpec, settings: ScreenSettings | None = None) -> Scree
     if not settings.isolate:
         result = _screen_here(spec, settings)
     else:
-        from vegtts.tasks.probe import run_isolated
-
         run = run_isolated(_screen_child, (spec, settings), memory_mb=settings.memory_budget_mb, timeout_s=settings.timeout_s)
         if run.status == "ok":
             result = replace(run.result, peak_rss_mb=run.peak_rss_mb, seconds=run.seconds)

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from vegtts.evaluate.cuda import slots as slot_layout
-from vegtts.evaluate.protocol import recv_message, send_json, send_message
+from vegtts.evaluate.protocol import incoming_requests, recv_message, send_json, send_message
 from vegtts.evaluate.weights import load_reference_state
 
 _ERROR_CHARS = 4000
@@ -327,17 +327,10 @@ def serve(sock: socket.socket, ops: dict[str, Any], failure: Any) -> None:
     """Answer framed requests with ops[msg["op"]](msg) until "bye" or the peer closes; an exception
     (candidate code may raise anything) becomes failure(exc), as does a reply that cannot be sent.
     The functions are bound on entry, before any program is imported."""
-    recv, send_j, send_m = recv_message, send_json, send_message
-    while True:
+    requests, recv, send_j, send_m = incoming_requests, recv_message, send_json, send_message
+    for msg in requests(sock, recv):
         try:
-            msg = recv(sock)
-        except EOFError:
-            return
-        op = msg.get("op")
-        if op == "bye":
-            return
-        try:
-            reply = ops[op](msg)
+            reply = ops[msg.get("op")](msg)
         except BaseException as exc:  # noqa: BLE001
             reply = failure(exc)
         try:

@@ -14,7 +14,7 @@ into its inputs (already `incorrect` in the correctness trials) crashes here.
 
 Work hidden in the untimed requests of a round (the load) is put back on the candidate's clock:
 the parent charges every CPU cycle of the child's process outside its timed requests beyond the
-reference's (runner.charged_rounds).  Rounds beyond the planned ones (more rounds where the
+reference's (paired_timing.charged_rounds).  Rounds beyond the planned ones (more rounds where the
 spread is wide) are added on demand (``add_round``).
 """
 
