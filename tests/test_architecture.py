@@ -18,7 +18,6 @@ OVER_500_REASONS = {
     "src/vegtts/cli.py": "being split by #16 (lead)",
     "src/vegtts/report.py": "being split by #16 (lead)",
     "src/vegtts/scoring.py": "being split by #16 (lead)",
-    "src/vegtts/plots.py": "being split by #16 (lead)",
     "src/vegtts/ttt.py": "being split by #16 (lead)",
 }
 

@@ -45,7 +45,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from vegtts.config import dataclass_from_settings
-from vegtts.sampling.backends.openai import IDENTITY_KEYS
 from vegtts.sampling.conversion import (
     BadAnswerError,
     Generation,
@@ -58,6 +57,10 @@ from vegtts.sampling.conversion import (
     sampling_params,
 )
 from vegtts.sampling.transformers_backend import SamplerSettings
+
+# what changes which samples come out; the rest (where the server is, concurrency, timeouts,
+# retries, the key's variable name) does not, and never enters a key
+IDENTITY_KEYS = ("model", "api", "n_per_request", "token_ids_from_server", "extra_body")
 
 log = logging.getLogger(__name__)
 

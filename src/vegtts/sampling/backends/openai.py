@@ -7,10 +7,8 @@ import json
 from typing import Any
 
 from vegtts.sampling.backends.base import BACKENDS, Generated, GenerationRequest, SamplingBackend
-
-# what changes which samples come out; the rest (where the server is, concurrency, timeouts,
-# retries, the key's variable name) does not, and never enters a key
-IDENTITY_KEYS = ("model", "api", "n_per_request", "token_ids_from_server", "extra_body")
+from vegtts.sampling.openai_backend import IDENTITY_KEYS, OpenAISettings, public_url, sample_remote
+from vegtts.sampling.prompts import chat_user_turn
 
 
 def check_settings(sampling: dict[str, Any]) -> None:
@@ -19,9 +17,6 @@ def check_settings(sampling: dict[str, Any]) -> None:
 
 
 def generate(request: GenerationRequest) -> Generated:
-    from vegtts.sampling.openai_backend import OpenAISettings, public_url, sample_remote
-    from vegtts.sampling.prompts import chat_user_turn
-
     s, o = request.settings, OpenAISettings.from_dict(request.backend_settings)
     if o.api == "chat":  # the server applies its chat template to a user turn made from the plain prompt
         if s.prompt_style != "completion":
