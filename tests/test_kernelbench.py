@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import SHARED_RESOURCES, make_workdir, snakemake
 
 from vegtts.io import sha256_text
 from vegtts.records import TaskSpec
@@ -480,8 +481,6 @@ def _stored_tasks(workdir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_paper_split_runs_end_to_end_on_the_mini_checkout(tmp_path):
     """The machinery CI can run: split name, shape table, screening in resolve, sample, evaluate, report."""
-    from test_workflow import SHARED_RESOURCES, make_workdir, snakemake
-
     workdir = make_workdir(tmp_path)
     config = {
         "experiment": "kb_mini",
@@ -511,8 +510,6 @@ def test_paper_split_runs_end_to_end_on_the_mini_checkout(tmp_path):
 def test_paper_20_problem_experiment_runs_to_a_report(tmp_path):
     """.test/config/paper_l1_eval.yaml as committed (63 min on the shared 2-core machine at load 12-25,
     benchmarks/results/kernelbench_paper_e2e.md)."""
-    from test_workflow import SHARED_RESOURCES, make_workdir, snakemake
-
     workdir = make_workdir(tmp_path)
     (workdir / "third_party").symlink_to(KB_CHECKOUT.parent)
     snakemake(workdir, "--configfile", ".test/config/paper_l1_eval.yaml", "--config", f"resources_dir={SHARED_RESOURCES}")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_workflow import REPO, env_for, make_workdir, tiny_args
+from helpers import REPO, env_for, make_workdir, tiny_args
 
 from vegtts.io import sha256_file
 
