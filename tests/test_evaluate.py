@@ -181,6 +181,7 @@ def test_excessive_speedup_is_retimed_in_fresh_children_and_flagged(monkeypatch)
     assert launcher.launches == 6  # correctness child and timing pair, twice: everything is measured again
 
 
+@pytest.mark.slow
 def test_slow_correct_candidate_times_out_not_the_reference():
     settings = EvalSettings(**{**FAST.to_dict(), "timeout_s": 4})
     body = "import time\nclass ModelNew(Model):\n    def forward(self, x):\n        time.sleep(0.4)\n        return super().forward(x)"

@@ -378,6 +378,7 @@ def get_init_inputs():
 """
 
 
+@pytest.mark.slow
 def test_validate_cli_separates_findings_from_could_not_run(tmp_path):
     base = ["tasks", "validate", "--suite", "kernelbench", "--path", str(MINI), "--timeout-s", "120"]
     clean = vegtts(*base, "--ids", "14")
@@ -407,6 +408,7 @@ def test_validate_cli_takes_the_tasks_block_of_a_config(tmp_path):
     assert listed.stdout.split() == ["kb1_4", "kb1_5", "kb1_12", "kb1_14", "kb1_15"]
 
 
+@pytest.mark.slow
 def test_reduce_fits_a_problem_and_writes_a_table_that_tasks_shapes_uses(tmp_path):
     table = tmp_path / "shapes.yaml"
     proc = vegtts("tasks", "reduce", "--suite", "kernelbench", "--path", str(MINI), "--ids", "14,100",

@@ -254,6 +254,7 @@ def test_store_verify_hashes_everything_and_checks_cache_entries(tmp_path):
     assert verify_store(tmp_path / "results").whole
 
 
+@pytest.mark.slow
 def test_store_verify_cli_exit_status(tmp_path):
     store, sample, evaluation = _store_with_evaluations(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

@@ -48,6 +48,7 @@ def test_default_dry_run_plans_every_stage(workdir: Path):
         (["model={'source': '/no/such/model/folder'}"], "'model.source'"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_stops_before_anything_runs(workdir: Path, override: list[str], message: str):
     proc = snakemake(workdir, "-n", "--config", *override, check=False)
     assert proc.returncode != 0
@@ -173,6 +174,7 @@ def test_tiny_ttt_run_then_one_more_seed_or_step(workdir: Path):
             assert not set(outputs) & existing, outputs
 
 
+@pytest.mark.slow
 def test_ttt_disabled_plans_no_ttt_jobs(workdir: Path):
     proc = snakemake(workdir, "-n", *tiny_args())
     assert not {r for r in planned_rules(proc) if r.startswith("ttt_")}
