@@ -201,6 +201,7 @@ def test_corpora_are_large_enough_and_well_formed():
     assert any(p.startswith("builtin:") for p in problems) and any(not p.startswith("builtin:") for p in problems)
 
 
+@pytest.mark.slow
 def test_correctness_corpus_verdicts():
     """Every wrong program `incorrect`, every honest one `ok`; a failure lists every miss by name."""
     settings = EvalSettings(**CORPUS_SETTINGS)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import FAST, PROBLEMS, program, spec_of
 
 from vegtts.evaluate import EvalSettings, evaluate_samples_file, evaluate_task
 from vegtts.evaluate.compare import compare_outputs, same_values
@@ -29,67 +30,6 @@ from vegtts.records import STATUSES, TaskSpec
 from vegtts.tasks import load_tasks
 
 HACKS = Path(__file__).parent / "hacks"
-
-PROBLEMS = {
-    # small, with weights: checks the state_dict copy and most failure modes quickly
-    "scale": '''
-import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self, d_in, d_out):
-        super().__init__()
-        self.lin = nn.Linear(d_in, d_out)
-
-    def forward(self, x):
-        return self.lin(x) * 2.0
-
-
-def get_inputs():
-    return [torch.randn(16, 64)]
-
-
-def get_init_inputs():
-    return [64, 32]
-''',
-    # written-out softmax: a one-call rewrite is several times faster on one thread
-    "softmax": '''
-import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x):
-        m = x.max(dim=-1, keepdim=True).values
-        e = torch.exp(x - m)
-        s = e.sum(dim=-1, keepdim=True)
-        return e / s
-
-
-def get_inputs():
-    return [torch.randn(256, 2048) * 3]
-
-
-def get_init_inputs():
-    return []
-''',
-}
-
-FAST = EvalSettings(correctness_trials=2, timing_rounds=5, calls_per_round=2, warmup_calls=1, bootstrap=200, timeout_s=20)
-
-
-def spec_of(name: str) -> TaskSpec:
-    src = PROBLEMS[name]
-    return TaskSpec(task_id=name, name=name, suite="test", source=src, source_sha256=sha256_text(src), forward_args=["x"])
-
-
-def program(problem: str, body: str) -> str:
-    return PROBLEMS[problem] + "\n\n" + body.strip() + "\n"
-
 
 def run_one(problem: str, body: str, settings: EvalSettings = FAST, **kw):
     prog = program(problem, body) if body else ""
@@ -241,6 +181,7 @@ def test_excessive_speedup_is_retimed_in_fresh_children_and_flagged(monkeypatch)
     assert launcher.launches == 6  # correctness child and timing pair, twice: everything is measured again
 
 
+@pytest.mark.slow
 def test_slow_correct_candidate_times_out_not_the_reference():
     settings = EvalSettings(**{**FAST.to_dict(), "timeout_s": 4})
     body = "import time\nclass ModelNew(Model):\n    def forward(self, x):\n        time.sleep(0.4)\n        return super().forward(x)"

@@ -494,6 +494,7 @@ def test_intervals_of_agreeing_tasks_are_not_zero_width():
     assert comp["diff"] == 0 and comp["diff_lo"] < -0.02 and comp["diff_hi"] > 0.02 and comp["task_success_verdict"] == "tie"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("effect", [0.0, 1.5])
 def test_comparison_intervals_cover_a_planted_truth_when_samples_repeat_programs(effect: float):
     from vegtts.analysis.synthetic import (

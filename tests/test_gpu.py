@@ -164,6 +164,7 @@ def test_candidates_declare_expected_verdicts_and_pass_the_static_checks():
 # ---------------------------------------------------------------- orchestration with CPU workers
 
 
+@pytest.mark.slow
 def test_parent_worker_orchestration_on_cpu_workers(tmp_path):
     """Dry mode: real worker processes on two "GPUs" (CPU), hacks caught by the same guards."""
     spec = {s.task_id: s for s in load_tasks(SMALL)}["gpu_gelu_tanh"]
@@ -202,6 +203,7 @@ def test_integer_inputs_reach_the_worker_as_integers(tmp_path):
 # ---------------------------------------------------------------- on a GPU
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
 def test_gpu_candidates_get_their_expected_verdicts(tmp_path):
     specs = {s.task_id: s for s in load_tasks({"suite": "builtin_gpu", "ids": "all"})}
@@ -223,6 +225,7 @@ def test_gpu_candidates_get_their_expected_verdicts(tmp_path):
             assert rec.status == expected, (name, rec.error)
 
 
+@pytest.mark.slow
 def test_excessive_speedup_is_retimed_with_fresh_workers(tmp_path):
     """A speedup above `excessive_speedup` is timed again with a fresh reference and candidate worker."""
     cfg = {"suite": "builtin_gpu", "ids": ["gpu_gelu_tanh"], "shape_overrides": {"gpu_gelu_tanh": {"ROWS": 512, "COLS": 1024}}}
@@ -246,6 +249,7 @@ def test_timing_settings_validate_and_enter_the_cache_key():
         EvalSettings.from_dict({"device": "cuda", "launch_lead_us": 200})
 
 
+@pytest.mark.slow
 def test_timing_windows_on_two_cpu_workers(tmp_path):
     """Dry mode: every timed call reports its host-clock window and GPU, and two calls on one GPU never overlap."""
     spec = {s.task_id: s for s in load_tasks(SMALL)}["gpu_gelu_tanh"]
@@ -342,6 +346,7 @@ def test_work_outside_the_call_is_flagged_or_rejected(tmp_path):
     assert (bg.status, bg.guard) == ("rejected", "background_work")
 
 
+@pytest.mark.slow
 def test_inputs_change_per_call_and_timed_inputs_are_secret(tmp_path):
     """Trial inputs come from public seeds (the same in every evaluation); warm-up and timed inputs from
     the parent's secret (new in every evaluation); every call gets an input of its own."""
@@ -366,6 +371,7 @@ def test_inputs_change_per_call_and_timed_inputs_are_secret(tmp_path):
     assert not set(seen[0][trials:]) & set(seen[1][trials:])  # secret per evaluation
 
 
+@pytest.mark.slow
 def test_keeper_rejects_changed_inputs_wrong_shapes_and_undelivered_outputs(tmp_path):
     spec = {s.task_id: s for s in load_tasks(SMALL)}["gpu_gelu_tanh"]
     programs = {
@@ -409,6 +415,7 @@ def test_repeated_keyword_is_a_syntax_error_not_a_runtime_error():
     assert pre_check(spec, solution_program(spec, "class ModelNew(Model):\n    pass\n"), EvalSettings()) is None
 
 
+@pytest.mark.slow
 def test_gpu_sized_problems_are_screened_at_a_small_batch_without_the_cpu_timing_check():
     import time
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import SHARED_RESOURCES, make_workdir, snakemake
 
 from vegtts.io import sha256_text
 from vegtts.records import TaskSpec
@@ -377,6 +378,7 @@ def get_init_inputs():
 """
 
 
+@pytest.mark.slow
 def test_validate_cli_separates_findings_from_could_not_run(tmp_path):
     base = ["tasks", "validate", "--suite", "kernelbench", "--path", str(MINI), "--timeout-s", "120"]
     clean = vegtts(*base, "--ids", "14")
@@ -406,6 +408,7 @@ def test_validate_cli_takes_the_tasks_block_of_a_config(tmp_path):
     assert listed.stdout.split() == ["kb1_4", "kb1_5", "kb1_12", "kb1_14", "kb1_15"]
 
 
+@pytest.mark.slow
 def test_reduce_fits_a_problem_and_writes_a_table_that_tasks_shapes_uses(tmp_path):
     table = tmp_path / "shapes.yaml"
     proc = vegtts("tasks", "reduce", "--suite", "kernelbench", "--path", str(MINI), "--ids", "14,100",
@@ -480,8 +483,6 @@ def _stored_tasks(workdir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_paper_split_runs_end_to_end_on_the_mini_checkout(tmp_path):
     """The machinery CI can run: split name, shape table, screening in resolve, sample, evaluate, report."""
-    from test_workflow import SHARED_RESOURCES, make_workdir, snakemake
-
     workdir = make_workdir(tmp_path)
     config = {
         "experiment": "kb_mini",
@@ -511,8 +512,6 @@ def test_paper_split_runs_end_to_end_on_the_mini_checkout(tmp_path):
 def test_paper_20_problem_experiment_runs_to_a_report(tmp_path):
     """.test/config/paper_l1_eval.yaml as committed (63 min on the shared 2-core machine at load 12-25,
     benchmarks/results/kernelbench_paper_e2e.md)."""
-    from test_workflow import SHARED_RESOURCES, make_workdir, snakemake
-
     workdir = make_workdir(tmp_path)
     (workdir / "third_party").symlink_to(KB_CHECKOUT.parent)
     snakemake(workdir, "--configfile", ".test/config/paper_l1_eval.yaml", "--config", f"resources_dir={SHARED_RESOURCES}")

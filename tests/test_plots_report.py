@@ -32,6 +32,7 @@ def analysed(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_figures_are_written_as_png_and_pdf(analysed: Path):
     paths = make_figures(analysed / "tables", analysed / "figures")
     names = sorted(p.name for p in paths)
@@ -44,6 +45,7 @@ def test_figures_are_written_as_png_and_pdf(analysed: Path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" if p.suffix == ".png" else data[:5] == b"%PDF-"
 
 
+@pytest.mark.slow
 def test_figures_read_only_tables(analysed: Path, tmp_path: Path):
     """Figures must not need the per-sample data: copy only the CSVs elsewhere and draw from there."""
     tables = tmp_path / "tables"
@@ -54,6 +56,7 @@ def test_figures_read_only_tables(analysed: Path, tmp_path: Path):
     assert all(p.stat().st_size > 0 for p in paths)
 
 
+@pytest.mark.slow
 def test_figures_are_byte_stable(analysed: Path, tmp_path: Path):
     a = make_figures(analysed / "tables", tmp_path / "a")
     b = make_figures(analysed / "tables", tmp_path / "b")
@@ -61,6 +64,7 @@ def test_figures_are_byte_stable(analysed: Path, tmp_path: Path):
         assert pa.read_bytes() == pb.read_bytes(), pa.name
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_and_escaped(analysed: Path):
     make_figures(analysed / "tables", analysed / "figures")
     out = make_report(analysed / "tables", analysed / "figures",
@@ -122,6 +126,7 @@ def test_report_tolerates_missing_figures(analysed: Path, tmp_path: Path):
         assert html.escape(DEFINITIONS[definition]) in text
 
 
+@pytest.mark.slow
 def test_compare_experiments_side_by_side(analysed: Path, tmp_path: Path):
     from vegtts.report import compare_experiments
 

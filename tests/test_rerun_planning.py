@@ -12,42 +12,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import clone_run
-from test_workflow import SHARED_RESOURCES, env_for, make_workdir, tiny_args
+from helpers import SHARED_RESOURCES, clone_run, env_for, make_workdir, plan, rule_counts, tiny_args
 
 from vegtts.io import HARDWARE_OVERRIDE_ENV, read_parquet_metadata
 
 pytestmark = pytest.mark.slow
 
 BUILTIN = Path(__file__).resolve().parents[1] / "src/vegtts/tasks/builtin"
-
-
-def plan(workdir: Path, *args: str, env: dict[str, str] | None = None) -> list[tuple[str, list[str]]]:
-    """(rule, outputs) of every job a dry run plans ("localrule all" included)."""
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-n", *args]
-    proc = subprocess.run(cmd, cwd=workdir, env=env or env_for(workdir), capture_output=True, text=True)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    jobs: list[tuple[str, list[str]]] = []
-    for line in out.splitlines():
-        match = re.match(r"\s*(?:local)?rule (\w+):\s*$", line)
-        if match:
-            jobs.append((match.group(1), []))
-        elif line.strip().startswith("output:") and jobs:
-            jobs[-1][1].extend(p.strip() for p in line.strip()[len("output:"):].split(","))
-    return jobs
-
-
-def rule_counts(jobs) -> dict[str, int]:
-    return dict(Counter(rule for rule, _ in jobs))
 
 
 def with_config(*config: str, resources: str | Path = SHARED_RESOURCES) -> list[str]:

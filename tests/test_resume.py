@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_workflow import env_for, job_counts, make_workdir, tiny_args
+from helpers import env_for, job_counts, make_workdir, tiny_args
 
 from vegtts.io import read_parquet_metadata, sha256_file
 

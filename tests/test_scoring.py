@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import PROMPT, CharTokenizer, samples_frame, tiny_model
 
 from vegtts.analysis.merge import _apply_scores
 from vegtts.analysis.surprisal import NLL_COLUMNS, TAIL_COLUMNS
 from vegtts.io import read_parquet_metadata, write_parquet
-from vegtts.sampling.prompts import prompt_sha
 from vegtts.scoring import (
     completion_logprobs,
     measure_peak_rss,
@@ -25,52 +25,6 @@ from vegtts.scoring import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-VOCAB = 97
-
-
-def tiny_model(seed: int = 0, softcap: float | None = 30.0):
-    """A 3-layer Gemma 3 with a sliding window (4) shorter than the test prompts."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(seed)
-    cfg = Gemma3TextConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, sliding_window=4, max_position_embeddings=256,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"], final_logit_softcapping=softcap,
-    )
-    return Gemma3ForCausalLM(cfg).eval()
-
-
-class CharTokenizer:
-    """id = 2 + code point mod 95, BOS = 1."""
-
-    bos_token = "<bos>"
-
-    def __call__(self, text, return_tensors="pt", add_special_tokens=True):
-        ids = ([1] if add_special_tokens else []) + [2 + ord(c) % 95 for c in text]
-        return {"input_ids": torch.tensor([ids])}
-
-
-PROMPT = "def forward(self, x):\n"  # 22 characters: longer than the sliding window
-
-
-def samples_frame(rows, prompt=PROMPT, task_id="t", policy="base"):
-    n_prompt = CharTokenizer()(prompt)["input_ids"].shape[1]
-    return pd.DataFrame(
-        {
-            "task_id": task_id,
-            "policy": policy,
-            "seed": 0,
-            "sample_idx": list(range(len(rows))),
-            "prompt_sha": prompt_sha(prompt),
-            "token_ids": rows,
-            "code_token_start": [min(1, len(r)) for r in rows],
-            "code_token_end": [max(len(r) - 1, 0) for r in rows],
-            "n_prompt_tokens": n_prompt,
-        }
-    )
-
-
 ROWS = [[5, 6, 7, 8, 9, 10, 11, 12], [3], [40, 41, 42], [], [90, 2, 2, 2, 2]]
 
 
@@ -127,6 +81,7 @@ def test_scorer_rejects_samples_of_another_prompt():
         score_samples(model, tok, PROMPT, df)
 
 
+@pytest.mark.needs_package("peft", "ttt")
 def test_a_lora_policy_scores_differently_and_its_scorer_matches_its_full_path():
     from vegtts.ttt import make_lora_model
 

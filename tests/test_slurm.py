@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_workflow import REPO, env_for, make_workdir, tiny_args
+from helpers import REPO, env_for, make_workdir, tiny_args
 
 from vegtts.io import sha256_file
 
@@ -129,6 +129,7 @@ def _job_resources(dry_run_output: str) -> dict[str, list[str]]:
     return jobs
 
 
+@pytest.mark.slow
 def test_profile_gives_each_rule_its_slurm_resources(workdir_with_plugin: Path):
     """Without a cluster: the shipped profile parses and maps rules to partitions and GPUs."""
     cmd = [sys.executable, "-m", "snakemake", "-n", "--profile", str(PROFILE.parent), *tiny_args()]
@@ -154,6 +155,7 @@ def workdir_with_plugin(tmp_path: Path) -> Path:
     return make_workdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_profile_is_found_by_name_after_the_readme_command(tmp_path: Path):
     """`snakemake --profile slurm` from a fresh clone: before the README's command it is not found."""
     workdir = make_workdir(tmp_path)

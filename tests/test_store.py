@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import FAST, flip_bit, program, spec_of, truncate
 
 from vegtts import io as vio
 from vegtts.evaluate import cache as eval_cache
@@ -33,18 +34,6 @@ from vegtts.records import EvalRecord
 from vegtts.store import check_planned, verify_store
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def flip_bit(path: Path, offset: int | None = None, bit: int = 0) -> None:
-    data = bytearray(path.read_bytes())
-    i = len(data) // 2 if offset is None else offset
-    data[i] ^= 1 << bit
-    path.write_bytes(bytes(data))
-
-
-def truncate(path: Path, keep: float = 0.5) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
 
 
 def a_parquet(path: Path, n: int = 8) -> Path:
@@ -185,8 +174,6 @@ def test_a_poisoned_cache_entry_is_discarded_with_a_clear_log_line(tmp_path, cap
 
 def test_the_runner_reevaluates_a_poisoned_entry(tmp_path, caplog):
     """End to end through evaluate_task: a forged "ok" verdict is not used, the real one replaces it."""
-    from test_evaluate import FAST, program, spec_of  # the evaluator's own fixtures
-
     from vegtts.evaluate import evaluate_task
     from vegtts.io import sha256_text
 
@@ -267,6 +254,7 @@ def test_store_verify_hashes_everything_and_checks_cache_entries(tmp_path):
     assert verify_store(tmp_path / "results").whole
 
 
+@pytest.mark.slow
 def test_store_verify_cli_exit_status(tmp_path):
     store, sample, evaluation = _store_with_evaluations(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

@@ -19,10 +19,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import clone_run
-from test_rerun_planning import plan, rule_counts
-from test_store import flip_bit, truncate
-from test_workflow import env_for, make_workdir, snakemake, tiny_args
+from helpers import (
+    clone_run,
+    env_for,
+    flip_bit,
+    make_workdir,
+    plan,
+    rule_counts,
+    snakemake,
+    tiny_args,
+    truncate,
+)
 
 from vegtts.analysis.tables import read_table
 

@@ -321,6 +321,7 @@ def test_validate_suite_keys_by_task_id():
     assert result["relu"] == [] and "tiny_output" in checks(result["degenerate"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task_id", BUILTIN_IDS)
 def test_builtin_problem_passes_validation(task_id):
     findings = validate_task(SPECS[task_id])

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_scoring import PROMPT, CharTokenizer, samples_frame, tiny_model  # noqa: E402  (tests/ is on sys.path)
+from helpers import PROMPT, CharTokenizer, samples_frame, tiny_model
 
 from vegtts.scoring import naive_completion_logprobs
 from vegtts.ttt import (
@@ -155,6 +155,7 @@ def _sgd_step_grads(model, samples, ev, prompts, **settings):
     return grads, stats
 
 
+@pytest.mark.needs_package("peft", "ttt")
 @pytest.mark.parametrize("objective", ["paper", "grpo"])
 def test_step_gradient_is_exact_through_the_prompt_cache(objective):
     samples, ev, prompts = _batch()
@@ -166,6 +167,7 @@ def test_step_gradient_is_exact_through_the_prompt_cache(objective):
     assert any(float(g.abs().max()) > 1e-4 for g in want.values())  # the comparison is not between zeros
 
 
+@pytest.mark.needs_package("peft", "ttt")
 def test_detached_prompt_drops_the_prompt_gradient_only():
     samples, ev, prompts = _batch()
     exact, _ = _sgd_step_grads(_lora(), samples, ev, prompts, micro_batch=3)
@@ -177,6 +179,7 @@ def test_detached_prompt_drops_the_prompt_gradient_only():
     assert all(float(g.abs().max()) > 0 for n, g in detached.items() if "lora_B" in n)
 
 
+@pytest.mark.needs_package("peft", "ttt")
 def test_micro_batch_size_does_not_change_the_update():
     samples, ev, prompts = _batch()
     g1, s1 = _sgd_step_grads(_lora(), samples, ev, prompts, micro_batch=1)
@@ -186,6 +189,7 @@ def test_micro_batch_size_does_not_change_the_update():
     assert s1["n_train_tokens"] == s4["n_train_tokens"] == sum(map(len, ROWS + ROWS_B))
 
 
+@pytest.mark.needs_package("peft", "ttt")
 def test_step_stats_history_and_adamw_move_only_lora_weights():
     samples, ev, prompts = _batch()
     model = _lora()
@@ -206,6 +210,7 @@ def test_step_stats_history_and_adamw_move_only_lora_weights():
             assert torch.equal(p, frozen[n])
 
 
+@pytest.mark.needs_package("peft", "ttt")
 def test_zero_advantage_samples_are_not_run_but_count_in_the_normaliser():
     samples, ev, prompts = _batch()
     ev = ev.copy()
@@ -215,6 +220,7 @@ def test_zero_advantage_samples_are_not_run_but_count_in_the_normaliser():
     assert stats["n_completion_tokens"] == sum(map(len, ROWS + ROWS_B))
 
 
+@pytest.mark.needs_package("peft", "ttt")
 def test_missing_evaluation_or_prompt_is_an_error():
     samples, ev, prompts = _batch()
     with pytest.raises(ValueError, match="no evaluation"):
@@ -225,6 +231,7 @@ def test_missing_evaluation_or_prompt_is_an_error():
         TTTSettings.from_dict({"lr": 1})
 
 
+@pytest.mark.needs_package("peft", "ttt")
 def test_lora_init_is_seeded_and_starts_at_the_base_model():
     a, b, c = (make_lora_model(tiny_model(), 2, 4, TARGETS, seed=s) for s in (3, 3, 4))
     pa, pb, pc = ({n: p for n, p in m.named_parameters() if "lora_A" in n} for m in (a, b, c))
@@ -234,6 +241,7 @@ def test_lora_init_is_seeded_and_starts_at_the_base_model():
         torch.testing.assert_close(a(input_ids=ids).logits, tiny_model()(input_ids=ids).logits)
 
 
+@pytest.mark.needs_package("peft", "ttt")
 def test_save_adapter_is_atomic_and_round_trips(tmp_path):
     samples, ev, prompts = _batch()
     model = _lora()
@@ -269,6 +277,7 @@ def _write_step_inputs(tmp_path, tag):
     return sp, ep
 
 
+@pytest.mark.needs_package("peft", "ttt")
 def test_run_ttt_update_chains_steps_and_is_deterministic(tmp_path):
     from vegtts.ttt import run_ttt_update
 

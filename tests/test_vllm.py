@@ -218,6 +218,7 @@ def test_vllm_prompt_logprob_scoring_agrees_with_the_transformers_scorer(inproce
         assert diff < LOGPROB_TOL
 
 
+@pytest.mark.needs_package("peft", "ttt")
 def test_vllm_lora_samples_come_from_the_adapter(inprocess: Path, scorer):
     """The adapter's samples agree with the adapter's log-probs and not with the base model's."""
     sampled = stored_logprobs(inprocess / "adapter.parquet")
@@ -277,6 +278,7 @@ def _serve_sample(url: str, tasks_json: Path, model_dir: Path, out: Path, adapte
     return sample_with_backend("openai", tasks_json, "relu", sampler_settings(), backend, model_dir, out, adapter_path=adapter)
 
 
+@pytest.mark.needs_package("peft", "ttt")
 def test_vllm_serve_samples_through_the_openai_backend(vllm_server, tasks_json, model_dir, adapter_dir, inprocess, scorer, tmp_path):
     from vegtts.io import read_parquet_metadata
 

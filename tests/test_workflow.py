@@ -7,69 +7,12 @@ model is shared through the checkout's `resources/` folder (git-ignored), so it 
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_RESOURCES = REPO / "resources"
-
-
-def make_workdir(tmp: Path) -> Path:
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, tmp / name)
-    shutil.copytree(REPO / "workflow", tmp / "workflow", symlinks=True)
-    shutil.copytree(REPO / "envs", tmp / "envs")
-    shutil.copytree(REPO / "src", tmp / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copytree(REPO / ".test", tmp / ".test")
-    shutil.copytree(REPO / "profiles", tmp / "profiles")  # profiles/default applies to every run
-    return tmp
-
-
-def env_for(workdir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(workdir / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
-    return env
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    proc = subprocess.run(cmd, cwd=workdir, env=env_for(workdir), capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def tiny_args(*extra_config: str) -> list[str]:
-    return [
-        "--configfile",
-        ".test/config/tiny.yaml",
-        "--config",
-        f"resources_dir={SHARED_RESOURCES}",
-        *extra_config,
-    ]
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Rule -> planned job count, from the first "Job stats" table Snakemake prints."""
-    counts: dict[str, int] = {}
-    in_table = False
-    for line in output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if not parts or parts[0] == "total":
-                break
-            if not parts[0].startswith("-"):
-                counts[parts[0]] = int(parts[1])
-    return counts
+from helpers import SHARED_RESOURCES, clone_run, env_for, job_counts, make_workdir, snakemake, tiny_args
 
 
 def planned_rules(proc: subprocess.CompletedProcess) -> set[str]:
@@ -105,6 +48,7 @@ def test_default_dry_run_plans_every_stage(workdir: Path):
         (["model={'source': '/no/such/model/folder'}"], "'model.source'"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_stops_before_anything_runs(workdir: Path, override: list[str], message: str):
     proc = snakemake(workdir, "-n", "--config", *override, check=False)
     assert proc.returncode != 0
@@ -113,8 +57,6 @@ def test_bad_input_stops_before_anything_runs(workdir: Path, override: list[str]
 
 @pytest.mark.slow
 def test_tiny_run_then_incremental_reruns(finished_tiny_run: Path, tmp_path: Path):
-    from conftest import clone_run
-
     workdir = clone_run(finished_tiny_run, tmp_path / "work")  # the shared tiny run (tests/conftest.py)
     report = workdir / "results/tiny/report.html"
     html = report.read_text()
@@ -179,6 +121,7 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> list[tuple[str, list[str]
     return jobs
 
 
+@pytest.mark.needs_package("peft", "ttt")
 @pytest.mark.slow
 def test_tiny_ttt_run_then_one_more_seed_or_step(workdir: Path):
     from vegtts.analysis.tables import read_table
@@ -231,6 +174,7 @@ def test_tiny_ttt_run_then_one_more_seed_or_step(workdir: Path):
             assert not set(outputs) & existing, outputs
 
 
+@pytest.mark.slow
 def test_ttt_disabled_plans_no_ttt_jobs(workdir: Path):
     proc = snakemake(workdir, "-n", *tiny_args())
     assert not {r for r in planned_rules(proc) if r.startswith("ttt_")}
