@@ -23,6 +23,7 @@ from vegtts.analysis.definitions import DEFAULT_VARIANT  # noqa: E402
 from vegtts.analysis.run import TABLE_FILES  # noqa: E402
 from vegtts.analysis.selection import NO_VARIANT, RULE_ORDER  # noqa: E402
 from vegtts.analysis.tables import read_table  # noqa: E402
+from vegtts.outputs import FIGURES, TTT_FIGURES, TTT_TABLES  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ RULE_STYLE: dict[str, dict[str, str]] = {
 }
 CURVE_COLOR = "#4D4D4D"
 OTHER_POLICY_COLORS = ("#009E73", "#CC79A7", "#56B4E9", "#E69F00")
-FIGURE_NAMES = ("scaling", "selection", "teaser", "surprisal_quartiles", "length_speedup", "rule_wins")
+FIGURE_NAMES = FIGURES
 ALL_KINDS = ("main", "length_controlled", "tail", "control")
 TEASER_RULES = ("oracle", "surprisal_top3", "surprisal", "random", "most_confident", "resid_surprisal", "tail_confident")
 
@@ -413,7 +414,7 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 # ---------------------------------------------------------------- test-time training
 
-TTT_FIGURE_NAMES = ("ttt_trajectory", "ttt_rho")
+TTT_FIGURE_NAMES = TTT_FIGURES
 SEED_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 
 
@@ -493,8 +494,6 @@ def ttt_rho_figure(probe: pd.DataFrame) -> plt.Figure:
 
 def make_ttt_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """ttt_trajectory and ttt_rho (PNG + PDF) from the ttt_*.csv tables."""
-    from vegtts.analysis.ttt import TTT_TABLES
-
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     traj, header = read_table(tables_dir / TTT_TABLES["trajectory"])
     selection, _ = read_table(tables_dir / TTT_TABLES["selection"])

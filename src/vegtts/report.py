@@ -24,6 +24,7 @@ from vegtts.analysis.definitions import DEFINITIONS
 from vegtts.analysis.run import TABLE_FILES
 from vegtts.analysis.tables import flatten, read_table
 from vegtts.io import write_text
+from vegtts.outputs import TTT_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -92,40 +93,23 @@ def _read(tables_dir: Path, name: str) -> tuple[pd.DataFrame, dict[str, str]]:
     return read_table(path)
 
 
-def _benchmark_file(artifact: Path) -> Path:
-    """The Snakemake benchmark file of an artifact (a TTT adapter folder: its update's)."""
-    if artifact.name == "adapter":
-        return artifact.parent / "update.benchmark.tsv"
-    return artifact.with_name(artifact.stem + ".benchmark.tsv")
-
-
-def _stage_of(artifact: Path, ttt: bool) -> str:
-    text = str(artifact)
-    if artifact.name == "adapter" or "/ttt/" in text:
-        return "ttt_update"
-    if "/scores/" in text:
-        return "ttt_score"
-    stage = "sample" if "/samples/" in text else "evaluate"
-    return f"ttt_{stage}" if ttt else stage
-
-
-def stage_times_from_benchmarks(artifacts: list[str], ttt_artifacts: list[str] | None = None) -> dict[str, dict[str, float]]:
-    """Sum Snakemake benchmark files per stage: sample and evaluate for the base samples, and
-    ttt_sample, ttt_evaluate (TTT batches and the probe's samples), ttt_update, ttt_score for TTT."""
+def stage_times_from_benchmarks(benchmarks: Mapping[str, list[str]]) -> dict[str, dict[str, float]]:
+    """Sum Snakemake benchmark files per stage (vegtts.plan.Plan.stage_benchmarks: stage -> its
+    jobs' benchmark files; a file listed under two stages counts once, under the first; a missing
+    one, e.g. of an artifact made before benchmarks were kept, counts no job)."""
     totals: dict[str, dict[str, float]] = {}
     seen: set[Path] = set()
-    for artifact, ttt in [(a, False) for a in artifacts] + [(a, True) for a in (ttt_artifacts or [])]:
-        path = Path(artifact)
-        bench = _benchmark_file(path)
-        entry = totals.setdefault(_stage_of(path, ttt), {"jobs": 0, "seconds": 0.0})
-        if bench in seen or not bench.is_file():
-            continue
-        seen.add(bench)
-        with bench.open() as f:
-            for row in csv.DictReader(f, delimiter="\t"):
-                entry["jobs"] += 1
-                entry["seconds"] += float(row["s"])
-    if ttt_artifacts:
+    for stage, files in benchmarks.items():
+        entry = totals.setdefault(stage, {"jobs": 0, "seconds": 0.0})
+        for bench in map(Path, files):
+            if bench in seen or not bench.is_file():
+                continue
+            seen.add(bench)
+            with bench.open() as f:
+                for row in csv.DictReader(f, delimiter="\t"):
+                    entry["jobs"] += 1
+                    entry["seconds"] += float(row["s"])
+    if any(stage.startswith("ttt_") for stage in totals):
         ttt_total = {"jobs": sum(v["jobs"] for k, v in totals.items() if k.startswith("ttt_")),
                      "seconds": sum(v["seconds"] for k, v in totals.items() if k.startswith("ttt_"))}
         totals["ttt (all)"] = ttt_total
@@ -370,8 +354,6 @@ TTT_FIGURE_CAPTIONS = {
 
 
 def ttt_section(tables_dir: Path, figures_dir: Path) -> tuple[list[str], list[Mapping[str, str]]]:
-    from vegtts.analysis.ttt import TTT_TABLES
-
     read = {name: read_table(tables_dir / file) for name, file in TTT_TABLES.items()}
     t = {name: df for name, (df, _) in read.items()}
     parts = ["<h2>Test-time training</h2>"]
@@ -518,8 +500,6 @@ def readme_section(exp_dir: str | Path) -> str:
         " ".join(claims.speedup_sentences(sel, comp, policy, variant)),
         "Length: " + claims.length_verdict(tables["correlations"], policy, variant),
     ]
-    from vegtts.analysis.ttt import TTT_TABLES
-
     ttt_dir = exp_dir / "tables"
     if all((ttt_dir / f).exists() for f in TTT_TABLES.values()):
         t = {name: read_table(ttt_dir / f)[0] for name, f in TTT_TABLES.items()}

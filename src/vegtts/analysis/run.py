@@ -39,6 +39,7 @@ from vegtts.analysis.statistics import (
 from vegtts.analysis.surprisal import NLL_COLUMNS, TAIL_COLUMNS
 from vegtts.analysis.tables import write_table
 from vegtts.io import read_json, write_parquet
+from vegtts.outputs import ANALYSIS_TABLES, MERGED_SAMPLES
 from vegtts.records import STATUSES
 
 log = logging.getLogger(__name__)
@@ -55,22 +56,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "exclude_flagged": False,  # False, True (any validation finding) or a list of check names
 }
 
-TABLE_FILES = {
-    "sample_stats": "sample_stats.csv",
-    "selection": "selection.csv",
-    "selection_per_task": "selection_per_task.csv",
-    "scaling": "scaling.csv",
-    "signal": "signal.csv",
-    "comparisons": "comparisons.csv",
-    "correlations": "correlations.csv",
-    "surprisal_quartiles": "surprisal_quartiles.csv",
-    "logprob_spread": "logprob_spread.csv",
-    "scaling_summary": "scaling_summary.csv",
-    "equivalent_k": "equivalent_k.csv",
-    "correct_programs": "correct_programs.csv",
-    "rejections": "rejections.csv",
-    "outcomes": "outcomes.csv",
-}
+TABLE_FILES = ANALYSIS_TABLES
 # What one row, count or test of each table is over (written as `# unit:` into its header).
 TABLE_UNITS = {
     "sample_stats": "per (policy, task): samples (n_samples, shares), distinct programs (n_*programs), evaluations by status",
@@ -90,7 +76,7 @@ TABLE_UNITS = {
 }
 # The tables the original workflow tracks; the others are new and listed for the lead to add.
 SATURATION_POINTS, SATURATION_RATIO = 0.02, 0.98
-MERGED_FILE = "samples_evaluated.parquet"
+MERGED_FILE = MERGED_SAMPLES
 
 
 def resolve_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
