@@ -14,7 +14,6 @@ import pandas as pd
 
 from vegtts.analysis.definitions import (
     CEILING_TOLERANCE,
-    DEFAULT_VARIANT,
     SURPRISAL_VARIANTS,
     definitions_for,
 )
@@ -38,22 +37,24 @@ from vegtts.analysis.statistics import (
 )
 from vegtts.analysis.surprisal import NLL_COLUMNS, TAIL_COLUMNS
 from vegtts.analysis.tables import write_table
+from vegtts.config import schema_default
 from vegtts.io import read_json, write_parquet
 from vegtts.outputs import ANALYSIS_TABLES, MERGED_SAMPLES
 from vegtts.records import STATUSES
 
 log = logging.getLogger(__name__)
 
+# The `analysis` block's keys: defaults from the config schema; the others are not config keys.
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "k_values": "auto",
-    "fast_p": [0, 1, 1.5, 2],
-    "primary_variant": DEFAULT_VARIANT,
+    "k_values": schema_default("analysis.k_values"),
+    "fast_p": schema_default("analysis.fast_p"),
+    "primary_variant": schema_default("analysis.primary_variant"),
     "primary_policy": None,  # None: "base" if present, else the first policy in sort order
-    "bootstrap": 2000,
-    "seed": 0,
+    "bootstrap": schema_default("analysis.bootstrap"),
+    "seed": schema_default("seed"),
     "spread_threshold": DEFAULT_SPREAD_THRESHOLD,  # nats per token, see definition logprob_spread
     "signal_targets": {"share_correct": 0.25, "tasks_mixed_correctness": 8, "tasks_with_speed_signal": 4},
-    "exclude_flagged": False,  # False, True (any validation finding) or a list of check names
+    "exclude_flagged": schema_default("analysis.exclude_flagged"),
 }
 
 TABLE_FILES = ANALYSIS_TABLES
