@@ -112,7 +112,7 @@ def resolved_task(wildcards):
 
 def all_cores(fallback=1):
     """`--cores` of a local run. A cluster run has no total: there the profile's set-threads
-    decides (workflow/profiles/slurm), else `fallback`."""
+    decides (profiles/slurm), else `fallback`."""
     try:
         return workflow.cores
     except WorkflowError:
