@@ -23,7 +23,6 @@ def make_workdir(tmp: Path) -> Path:
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(REPO / name, tmp / name)
     shutil.copytree(REPO / "workflow", tmp / "workflow", symlinks=True)
-    shutil.copytree(REPO / "envs", tmp / "envs")
     shutil.copytree(REPO / "src", tmp / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(REPO / ".test", tmp / ".test")
     shutil.copytree(REPO / "profiles", tmp / "profiles")  # profiles/default applies to every run
@@ -94,6 +93,28 @@ def test_default_dry_run_plans_every_stage(workdir: Path):
     proc = snakemake(workdir, "-n")
     rules = planned_rules(proc)
     assert {"sample", "evaluate", "analyze", "figures", "report", "all"} <= rules
+
+
+def test_snakemake_lint_prints_no_warning(workdir: Path):
+    proc = snakemake(workdir, "--lint", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "Lints for" not in out, out[-4000:]
+
+
+@pytest.mark.slow
+def test_snakemake_report_holds_the_tables_and_figures(finished_tiny_run: Path, tmp_path: Path):
+    import zipfile
+
+    from conftest import clone_run
+
+    from vegtts.outputs import ANALYSIS_TABLES, FIGURES
+
+    run = clone_run(finished_tiny_run, tmp_path / "run")
+    snakemake(run, *tiny_args(), "--report", "report.zip")
+    members = {Path(name).name for name in zipfile.ZipFile(run / "report.zip").namelist()}
+    assert set(ANALYSIS_TABLES.values()) <= members
+    assert {f"{name}.png" for name in FIGURES} | {"report.html"} <= members
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 # Params carry only identity: Snakemake reruns a job when its params change, so they hold the keys
 # and settings a result depends on (vegtts.plan.*_identity), never whole config blocks. How a job
 # runs (threads, where the model folder or a server is, timeouts) reaches it through the globals
-# below, used in the shell commands; changing them plans nothing.
+# below, handed to the shell commands as `resources:`; changing them plans nothing.
 import json
 import shlex
 
@@ -46,7 +46,6 @@ try:
 except ValueError as err:
     raise WorkflowError(str(err)) from None
 
-RESULTS = PLAN.results
 # Written into every table's header: the TTT tables depend on the whole config, the base analysis
 # on every key but ttt (so that a TTT change does not rerun it).
 CONFIG_HASH = config_hash(config_identity(config))
@@ -61,9 +60,9 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
-# Runtime settings: how a job runs, never what it makes. They reach the shell through `resources:`
-# (Snakemake reruns a job when its params or shell command change, not its resources), so that
-# every value a command uses is declared in its rule.
+# Runtime settings: how a job runs, never what it makes. Rules hand them to the shell as
+# `resources:` (Snakemake reruns a job when its params change, not its resources), so every value
+# a command uses is declared in its rule.
 MODEL_PATH = PLAN.model_path
 TASK_SUITE = as_json(config["tasks"])
 SAMPLING_RUNTIME = as_json(sampling_runtime(config["sampling"]))
