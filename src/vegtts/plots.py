@@ -20,10 +20,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from vegtts.analysis.definitions import DEFAULT_VARIANT  # noqa: E402
-from vegtts.analysis.run import TABLE_FILES  # noqa: E402
 from vegtts.analysis.selection import NO_VARIANT, RULE_ORDER  # noqa: E402
 from vegtts.analysis.tables import read_table  # noqa: E402
-from vegtts.outputs import FIGURES, TTT_FIGURES, TTT_TABLES  # noqa: E402
+from vegtts.outputs import ANALYSIS_TABLES, FIGURES, TTT_FIGURES, TTT_TABLES  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +188,7 @@ def placeholder_figure(title: str, reason: str) -> plt.Figure:
 
 
 def _optional_table(tables_dir: Path, name: str) -> pd.DataFrame | None:
-    path = tables_dir / TABLE_FILES[name]
+    path = tables_dir / ANALYSIS_TABLES[name]
     if not path.exists():
         log.warning("figures: table %s is missing; its figure is skipped", path.name)
         return None
@@ -385,8 +384,8 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     every declared figure exists.
     """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
-    selection, header = read_table(tables_dir / TABLE_FILES["selection"])
-    scaling, _ = read_table(tables_dir / TABLE_FILES["scaling"])
+    selection, header = read_table(tables_dir / ANALYSIS_TABLES["selection"])
+    scaling, _ = read_table(tables_dir / ANALYSIS_TABLES["scaling"])
     policy, variant = _primary(header, selection)
     written: list[Path] = []
     with plt.rc_context(STYLE):

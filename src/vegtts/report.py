@@ -21,10 +21,9 @@ import pandas as pd
 
 from vegtts.analysis import claims
 from vegtts.analysis.definitions import DEFINITIONS
-from vegtts.analysis.run import TABLE_FILES
 from vegtts.analysis.tables import flatten, read_table
 from vegtts.io import write_text
-from vegtts.outputs import TTT_TABLES
+from vegtts.outputs import ANALYSIS_TABLES, TTT_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ def _embed_png(path: Path) -> str:
 
 
 def _read(tables_dir: Path, name: str) -> tuple[pd.DataFrame, dict[str, str]]:
-    path = tables_dir / TABLE_FILES[name]
+    path = tables_dir / ANALYSIS_TABLES[name]
     if not path.exists():
         log.warning("report: table %s is missing", path)
         return pd.DataFrame(), {}
@@ -273,7 +272,7 @@ def make_report(
     `ttt`: add the test-time training section from the ttt_*.csv tables and ttt_*.png figures
     (without it, a note says TTT was not run)."""
     tables_dir, figures_dir, out_html = Path(tables_dir), Path(figures_dir), Path(out_html)
-    read = {name: _read(tables_dir, name) for name in TABLE_FILES}
+    read = {name: _read(tables_dir, name) for name in ANALYSIS_TABLES}
     tables = {name: df for name, (df, _) in read.items()}
     sel_header = read["selection"][1]
     title = f"vegtts report: {config.get('experiment', config.get('name', 'experiment'))}"
@@ -300,7 +299,7 @@ def make_report(
     for name, heading in REPORT_TABLES:
         df = tables[name]
         unit = read[name][1].get("unit", "")
-        parts.append(f'<h3>{esc(heading)} <span class="note">({esc(TABLE_FILES[name])}; unit: {esc(unit)})</span></h3>')
+        parts.append(f'<h3>{esc(heading)} <span class="note">({esc(ANALYSIS_TABLES[name])}; unit: {esc(unit)})</span></h3>')
         if name == "rejections" and df.empty:
             parts.append('<p class="note">No evaluation was rejected by a guard.</p>')
             continue
@@ -395,7 +394,7 @@ COMPARE_TABLES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
 
 
 def _experiment_tables(exp_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
-    read = {name: _read(exp_dir / "tables", name) for name in TABLE_FILES}
+    read = {name: _read(exp_dir / "tables", name) for name in ANALYSIS_TABLES}
     return {n: df for n, (df, _) in read.items()}, read["selection"][1]
 
 
@@ -459,7 +458,7 @@ def compare_experiments(exp_dirs: list[Path], out_html: Path) -> Path:
             if columns:
                 df = df[[c for c in columns if c in df.columns]]
             frames.append(df.assign(experiment=name)[["experiment", *df.columns]])
-        parts.append(f"<h3>{esc(heading)} <span class=\"note\">({esc(TABLE_FILES[table])})</span></h3>")
+        parts.append(f"<h3>{esc(heading)} <span class=\"note\">({esc(ANALYSIS_TABLES[table])})</span></h3>")
         parts.append(html_table(pd.concat(frames, ignore_index=True)) if frames else '<p class="note">missing</p>')
 
     parts.append("<h2>Definitions</h2><dl>")
@@ -487,7 +486,7 @@ def readme_section(exp_dir: str | Path) -> str:
     tables, header = _experiment_tables(exp_dir)
     sel = tables["selection"]
     if sel.empty:
-        raise ValueError(f"{exp_dir / 'tables' / TABLE_FILES['selection']} is missing or empty: run the analysis first")
+        raise ValueError(f"{exp_dir / 'tables' / ANALYSIS_TABLES['selection']} is missing or empty: run the analysis first")
     policy, variant = claims.primary_of(header, sel)
     comp = tables["comparisons"]
     items = [
