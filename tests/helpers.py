@@ -33,7 +33,6 @@ def make_workdir(tmp: Path) -> Path:
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(REPO / name, tmp / name)
     shutil.copytree(REPO / "workflow", tmp / "workflow", symlinks=True)
-    shutil.copytree(REPO / "envs", tmp / "envs")
     shutil.copytree(REPO / "src", tmp / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(REPO / ".test", tmp / ".test")
     shutil.copytree(REPO / "profiles", tmp / "profiles")  # profiles/default applies to every run

@@ -409,20 +409,20 @@ def test_wall_time_table_includes_ttt_stages(tmp_path: Path):
     """Finding: the report's wall-time table omitted TTT."""
     from vegtts.report import stage_times_from_benchmarks
 
-    def artifact(rel: str, seconds: float, bench: str | None = None) -> str:
+    def bench(rel: str, seconds: float) -> str:
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        b = Path(bench) if bench else path.with_name(path.stem + ".benchmark.tsv")
-        b.parent.mkdir(parents=True, exist_ok=True)
-        b.write_text(f"s\th:m:s\n{seconds}\t0:00:01\n")
+        path.write_text(f"s\th:m:s\n{seconds}\t0:00:01\n")
         return str(path)
 
-    base = [artifact("store/samples/k/s0/a.parquet", 10), artifact("store/evaluations/k/e/s0/a.parquet", 5)]
-    adapter = tmp_path / "store/ttt/c1/adapter"
-    ttt = [artifact("store/samples/t/s0/a.parquet", 7), artifact("store/evaluations/t/e/s0/a.parquet", 3),
-           artifact("store/ttt/c1/adapter", 20, str(adapter.parent / "update.benchmark.tsv")),
-           artifact("store/scores/p/c1.parquet", 2)]
-    times = stage_times_from_benchmarks(base, ttt)
+    times = stage_times_from_benchmarks({
+        "sample": [bench("store/samples/k/s0/a.benchmark.tsv", 10)],
+        "evaluate": [bench("store/evaluations/k/e/s0/a.benchmark.tsv", 5)],
+        "ttt_sample": [bench("store/samples/t/s0/a.benchmark.tsv", 7)],
+        "ttt_evaluate": [bench("store/evaluations/t/e/s0/a.benchmark.tsv", 3)],
+        "ttt_update": [bench("store/ttt/c1/update.benchmark.tsv", 20)],
+        "ttt_score": [bench("store/scores/p/c1.benchmark.tsv", 2)],
+    })
     assert times["sample"]["seconds"] == 10 and times["ttt_sample"]["seconds"] == 7
     assert times["ttt_update"]["seconds"] == 20 and times["ttt_score"]["seconds"] == 2
     assert times["ttt (all)"]["seconds"] == 32 and times["all"]["seconds"] == 47

@@ -166,3 +166,12 @@ def test_every_figure_exists_even_without_correct_samples(tmp_path: Path):
     run_analysis([tmp_path / "samples.parquet"], [tmp_path / "evals.parquet"], {"bootstrap": 100}, {}, tmp_path / "t")
     names = {p.name for p in make_figures(tmp_path / "t", tmp_path / "f")}
     assert names == {f"{n}.{ext}" for n in FIGURE_NAMES for ext in ("png", "pdf")}
+
+
+def test_every_declared_figure_has_a_report_caption_and_a_snakemake_caption():
+    from vegtts.outputs import FIGURES, TTT_FIGURES
+    from vegtts.report import FIGURE_CAPTIONS, TTT_FIGURE_CAPTIONS
+
+    assert set(FIGURE_CAPTIONS) == set(FIGURES) and set(TTT_FIGURE_CAPTIONS) == set(TTT_FIGURES)
+    report_dir = Path(__file__).resolve().parents[1] / "workflow" / "report"
+    assert all((report_dir / f"{name}.rst").is_file() for name in FIGURES + TTT_FIGURES)

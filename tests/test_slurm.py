@@ -9,7 +9,7 @@ cluster whose login node and compute nodes have different CPUs.
 Without root or apt the test is skipped locally, but fails when CI is set: CI must run it.
 
 The profile is the shipped one, found by name after running the README's profile command (it links
-workflow/profiles/slurm into ~/.config/snakemake/, here under a temporary HOME). The nodes advertise
+profiles/slurm into ~/.config/snakemake/, here under a temporary HOME). The nodes advertise
 8 CPUs and 64 GiB (config_overrides) so the profile's requests schedule unchanged; the command line
 adds only what a 2-core machine without an accounting database needs: the squeue status command,
 short poll delays and two threads per job.
@@ -33,7 +33,7 @@ from helpers import REPO, env_for, make_workdir, tiny_args
 from vegtts.io import sha256_file
 
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
-PROFILE = REPO / "workflow" / "profiles" / "slurm" / "config.yaml"
+PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 NODES = ["vegtts-n1", "vegtts-n2"]
 NODE_CPUS, NODE_MEM_MB = 8, 65536  # what each test node advertises (the profile's largest requests fit)
 HEAD_HARDWARE = "login-node"  # the head's VEGTTS_TEST_HARDWARE; each node exports its own name

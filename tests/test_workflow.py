@@ -39,6 +39,28 @@ def test_default_dry_run_plans_every_stage(workdir: Path):
     assert {"sample", "evaluate", "analyze", "figures", "report", "all"} <= rules
 
 
+def test_snakemake_lint_prints_no_warning(workdir: Path):
+    proc = snakemake(workdir, "--lint", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "Lints for" not in out, out[-4000:]
+
+
+@pytest.mark.slow
+def test_snakemake_report_holds_the_tables_and_figures(finished_tiny_run: Path, tmp_path: Path):
+    import zipfile
+
+    from conftest import clone_run
+
+    from vegtts.outputs import ANALYSIS_TABLES, FIGURES
+
+    run = clone_run(finished_tiny_run, tmp_path / "run")
+    snakemake(run, *tiny_args(), "--report", "report.zip")
+    members = {Path(name).name for name in zipfile.ZipFile(run / "report.zip").namelist()}
+    assert set(ANALYSIS_TABLES.values()) <= members
+    assert {f"{name}.png" for name in FIGURES} | {"report.html"} <= members
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from .sampling.backends import BACKENDS
+from .cli_analysis import add_analysis_parsers
+from .cli_common import add_command, json_arg, verified
+from .cli_ttt import add_ttt_parsers
 from .tasks.suites import SUITES
 
 log = logging.getLogger("vegtts")
-
-
-def _json_arg(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text[:200]}") from None
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -198,15 +191,6 @@ def with_runtime(settings: dict[str, Any], runtime: dict[str, Any] | None) -> di
     return merged
 
 
-def verified(*paths: str | Path) -> None:
-    """Check input artifacts against their digests before a stage reads them."""
-    from .io import verify_artifact
-
-    for path in paths:
-        if path:
-            verify_artifact(path)
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -259,166 +243,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- analysis, figures, report ----------------------------------------------------------------
-def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis import run_analysis
-    from .analysis.provenance import run_provenance
-    from .io import provenance
-
-    verified(*args.samples, *args.evaluations, *args.tasks)
-    run_analysis(
-        sample_paths=[Path(p) for p in args.samples],
-        eval_paths=[Path(p) for p in args.evaluations],
-        settings=args.settings,
-        provenance=run_provenance(provenance(), args.config_hash, args.store_keys, args.config_hash_scope),
-        out_dir=Path(args.out),
-        tasks_path=[Path(p) for p in args.tasks],
-    )
-    return 0
-
-
-def cmd_figures(args: argparse.Namespace) -> int:
-    from .plots import make_figures
-
-    make_figures(Path(args.tables), Path(args.out))
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from .analysis.provenance import code_version
-    from .io import provenance
-    from .report import make_report, stage_times_from_benchmarks
-
-    make_report(
-        tables_dir=Path(args.tables),
-        figures_dir=Path(args.figures),
-        config=args.config,
-        provenance=provenance(code=code_version()),
-        stage_times=stage_times_from_benchmarks(args.timings or [], args.ttt_timings or []),
-        out_html=Path(args.out),
-        ttt=args.ttt,
-    )
-    return 0
-
-
-def cmd_readme_section(args: argparse.Namespace) -> int:
-    from .report import write_readme_section
-
-    changed = write_readme_section(Path(args.experiment), Path(args.readme), check=args.check)
-    if args.check:
-        if changed:
-            log.error("%s: the measured section differs from what %s's tables give; run `vegtts readme-section %s`",
-                      args.readme, args.experiment, args.experiment)
-            return 1
-        log.info("%s: the measured section matches %s", args.readme, args.experiment)
-        return 0
-    log.info("%s: measured section %s", args.readme, "rewritten" if changed else "already up to date")
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import compare_experiments
-
-    compare_experiments([Path(d) for d in args.experiments], Path(args.out))
-    return 0
-
-
-# --- test-time training ----------------------------------------------------------------------
-def cmd_ttt_update(args: argparse.Namespace) -> int:
-    import torch
-
-    from .models import ensure_model
-    from .ttt import run_ttt_update
-
-    torch.set_num_threads(args.threads)
-    verified(*args.samples, *args.evaluations, args.previous)
-    ensure_model(args.model)
-    run_ttt_update(args.samples, args.evaluations, args.model, Path(args.out), args.settings,
-                   previous_adapter=args.previous or None, step=args.step)
-    return 0
-
-
-def cmd_ttt_score(args: argparse.Namespace) -> int:
-    import torch
-
-    from .models import ensure_model
-    from .scoring import run_scoring
-
-    torch.set_num_threads(args.threads)
-    verified(*args.samples, args.adapter)
-    ensure_model(args.model)
-    run_scoring(args.samples, args.model, args.adapter or None, args.scorer, Path(args.out), micro_batch=args.micro_batch,
-                backend=args.backend, vllm_settings=args.vllm_settings)
-    return 0
-
-
-def ttt_manifest_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The TTT artifacts of an experiment config, exactly as the workflow plans them."""
-    from .config import validate_config
-    from .plan import plan_from_config
-
-    plan = plan_from_config(validate_config(config))
-    if plan.ttt is None:
-        raise ValueError("config key 'ttt.enabled' is false: there is nothing to analyse")
-    return plan.ttt_manifest()
-
-
-def cmd_ttt_analyze(args: argparse.Namespace) -> int:
-    from .analysis.provenance import run_provenance
-    from .analysis.ttt import run_ttt_analysis
-    from .config import validate_config
-    from .io import provenance
-    from .plan import plan_from_config
-
-    verified(*plan_from_config(validate_config(args.config)).ttt_files())
-    analysis = args.config.get("analysis", {})
-    prov = run_provenance(provenance(), args.config_hash, args.store_keys, args.config_hash_scope)
-    run_ttt_analysis(ttt_manifest_of(args.config), prov,
-                     Path(args.out), variant=analysis.get("primary_variant", "mean_code"),
-                     n_boot=int(analysis.get("bootstrap", 1000)), seed=int(args.config.get("seed", 0)))
-    return 0
-
-
-def cmd_ttt_figures(args: argparse.Namespace) -> int:
-    from .plots import make_ttt_figures
-
-    make_ttt_figures(Path(args.tables), Path(args.out))
-    return 0
-
-
-def _add_ttt_parsers(sub: Any) -> None:
-    ttt = sub.add_parser("ttt", help="test-time training").add_subparsers(dest="action", required=True)
-    p = _add(ttt, "update", cmd_ttt_update, "one TTT step: update a LoRA adapter on evaluated samples, save it")
-    p.add_argument("--samples", nargs="+", required=True, help="sample parquets of the previous step's train batch")
-    p.add_argument("--evaluations", nargs="+", required=True, help="their evaluation parquets")
-    p.add_argument("--model", required=True, help="base model folder or hub id")
-    p.add_argument("--previous", default="", help="the previous step's adapter folder (none at step 1)")
-    p.add_argument("--step", type=int, required=True, help="step number (1 = first update from the base model)")
-    p.add_argument("--settings", type=_json_arg, required=True, help="vegtts.ttt.TTTSettings fields as JSON")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", required=True, help="adapter folder to write (atomically)")
-    p = _add(ttt, "score", cmd_ttt_score, "teacher-forced log-probs of stored samples under a policy")
-    p.add_argument("--samples", nargs="+", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--adapter", default="", help="LoRA adapter folder (none = the base policy)")
-    p.add_argument("--scorer", required=True, help="name of the scoring policy stored with the scores")
-    p.add_argument("--micro-batch", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--backend", default="transformers", choices=[b.name for b in BACKENDS if b.scores],
-                   help="transformers (the model in this process) or vllm (vLLM prompt log-probs)")
-    p.add_argument("--vllm-settings", type=_json_arg, default=None, help="sampling.vllm settings as JSON (backend vllm)")
-    p.add_argument("--out", required=True)
-    p = _add(ttt, "analyze", cmd_ttt_analyze, "TTT tables: trajectory, selection, probe, compute, equal budget")
-    p.add_argument("--config", type=_json_arg, required=True, help="the experiment config as JSON (its plan lists the inputs)")
-    p.add_argument("--config-hash", default="", help="hash of the experiment config (written into every table)")
-    p.add_argument("--config-hash-scope", default="", help="which config keys the hash covers (written next to it)")
-    p.add_argument("--store-keys", type=_json_arg, default={}, help="store keys of the inputs as JSON (written into every table)")
-    p.add_argument("--out", required=True)
-    p = _add(ttt, "figures", cmd_ttt_figures, "TTT trajectory and probe figures from the TTT tables")
-    p.add_argument("--tables", required=True)
-    p.add_argument("--out", required=True)
-
-
 # --- store ------------------------------------------------------------------------------------
 def cmd_store_verify(args: argparse.Namespace) -> int:
     from .store import verify_store
@@ -444,7 +268,7 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 def _add_store_parsers(sub: Any) -> None:
     store = sub.add_parser("store", help="the content-addressed store: integrity and completeness")
     actions = store.add_subparsers(dest="action", required=True)
-    p = _add(actions, "verify", cmd_store_verify,
+    p = add_command(actions, "verify", cmd_store_verify,
              "hash every artifact of <results>/store against its manifest and check every evaluation-cache "
              "entry; move corrupt and stale ones to <results>/store/quarantine/ so the next snakemake run "
              "regenerates them (exit 1 if anything was wrong)")
@@ -454,12 +278,6 @@ def _add_store_parsers(sub: Any) -> None:
 
 
 # --- parser -----------------------------------------------------------------------------------
-def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=help_text, description=help_text)
-    parser.set_defaults(func=func)
-    return parser
-
-
 def _add_suite_options(parser: argparse.ArgumentParser, shapes: bool = False) -> None:
     parser.add_argument("--config", default=None, help="take the `tasks` block of this config file (flags given override it)")
     parser.add_argument("--suite", default=None, choices=SUITES.names(), help="default builtin")
@@ -470,7 +288,7 @@ def _add_suite_options(parser: argparse.ArgumentParser, shapes: bool = False) ->
     if shapes:
         parser.add_argument("--shapes", default=None, help="tasks.shapes: full, reduced (the packaged CPU table) or a table file")
         parser.add_argument("--shape-scale", type=float, default=None, help="tasks.shape_scale: multiplies the batch dimensions")
-        parser.add_argument("--shape-overrides", type=_json_arg, default=None,
+        parser.add_argument("--shape-overrides", type=json_arg, default=None,
                             help='tasks.shape_overrides as JSON, e.g. \'{"19": {"batch_size": 64}}\'')
 
 
@@ -483,14 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     config = sub.add_parser("config", help="check a config file").add_subparsers(dest="action", required=True)
-    p = _add(config, "check", cmd_config_check, "validate a config file against the schema, filling defaults")
+    p = add_command(config, "check", cmd_config_check, "validate a config file against the schema, filling defaults")
     p.add_argument("configfile")
     p.add_argument("--print", action="store_true", help="print the config with defaults filled in")
 
     tasks = sub.add_parser("tasks", help="task suites").add_subparsers(dest="action", required=True)
-    p = _add(tasks, "list", cmd_tasks_list, "list the task ids of a suite")
+    p = add_command(tasks, "list", cmd_tasks_list, "list the task ids of a suite")
     _add_suite_options(p, shapes=True)
-    p = _add(tasks, "validate", cmd_tasks_validate,
+    p = add_command(tasks, "validate", cmd_tasks_validate,
              "screen problems (degenerate outputs, determinism, memory, timing) as the evaluator runs them; exit 0 = all "
              "pass, 1 = findings, 3 = some problems could not be screened (memory, timeout, crash), 2 = bad arguments")
     _add_suite_options(p, shapes=True)
@@ -499,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads, as the evaluator's `threads` (default 1)")
     p.add_argument("--in-process", action="store_true", help="no child process per problem (no memory or time limit)")
     p.add_argument("--out", default=None, help="also write a table: .md, .csv or .json by suffix")
-    p = _add(tasks, "reduce", cmd_tasks_reduce,
+    p = add_command(tasks, "reduce", cmd_tasks_reduce,
              "fit KernelBench problems' shapes to a reference time on this CPU and write a table for tasks.shapes "
              "(exit 1 if some problem stays outside [1, 200] ms)")
     _add_suite_options(p)
@@ -509,73 +327,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the shape table (YAML) to write or update")
     p.add_argument("--no-merge", action="store_true", help="replace --out instead of updating its entries")
     p.add_argument("--report", default=None, help="also write a markdown report of the reduction")
-    p = _add(tasks, "resolve", cmd_tasks_resolve, "resolve a suite (or one task of it) into a tasks.json of task specs")
-    p.add_argument("--suite", dest="suite_json", type=_json_arg, required=True, help="suite settings as JSON")
+    p = add_command(tasks, "resolve", cmd_tasks_resolve, "resolve a suite (or one task of it) into a tasks.json of task specs")
+    p.add_argument("--suite", dest="suite_json", type=json_arg, required=True, help="suite settings as JSON")
     p.add_argument("--task", default="", help="resolve only this task id")
     p.add_argument("--key", default="", help="the task key the workflow planned (fails if the problem file changed)")
     p.add_argument("--out", required=True)
 
     model = sub.add_parser("model", help="model preparation").add_subparsers(dest="action", required=True)
-    p = _add(model, "prepare", cmd_model_prepare, "convert the default GGUF model (PyPI package) into a local HF folder")
+    p = add_command(model, "prepare", cmd_model_prepare, "convert the default GGUF model (PyPI package) into a local HF folder")
     p.add_argument("--out", required=True, help="target folder")
 
-    p = _add(sub, "sample", cmd_sample, "sample K completions for one task and seed")
+    p = add_command(sub, "sample", cmd_sample, "sample K completions for one task and seed")
     p.add_argument("--tasks", required=True, help="tasks.json from `vegtts tasks resolve`")
     p.add_argument("--task", required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--policy", default="base", help="policy name stored with the samples")
     p.add_argument("--model", required=True, help="model folder or hub id")
-    p.add_argument("--settings", type=_json_arg, required=True, help="sampling + prompt settings as JSON")
+    p.add_argument("--settings", type=json_arg, required=True, help="sampling + prompt settings as JSON")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--adapter", default="", help="LoRA adapter folder on top of the model (a TTT checkpoint)")
-    p.add_argument("--runtime", type=_json_arg, default=None,
+    p.add_argument("--runtime", type=json_arg, default=None,
                    help="settings that are not part of the samples' identity (server address, timeouts), merged into --settings")
     p.add_argument("--out", required=True)
 
-    p = _add(sub, "evaluate", cmd_evaluate, "check and time every sample of one task")
+    p = add_command(sub, "evaluate", cmd_evaluate, "check and time every sample of one task")
     p.add_argument("--tasks", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--samples", required=True)
-    p.add_argument("--settings", type=_json_arg, required=True, help="evaluation settings as JSON")
+    p.add_argument("--settings", type=json_arg, required=True, help="evaluation settings as JSON")
     p.add_argument("--cache", required=True, help="per-candidate cache folder")
     p.add_argument("--workers", type=int, default=0, help="parallel correctness workers (0 = all cores)")
-    p.add_argument("--runtime", type=_json_arg, default=None,
+    p.add_argument("--runtime", type=json_arg, default=None,
                    help="evaluation settings that are not part of a verdict's identity (e.g. gpus), merged into --settings")
     p.add_argument("--out", required=True)
 
-    p = _add(sub, "analyze", cmd_analyze, "tables: sample statistics, selection rules, scaling, signal check")
-    p.add_argument("--samples", nargs="+", required=True)
-    p.add_argument("--evaluations", nargs="+", required=True)
-    p.add_argument("--settings", type=_json_arg, required=True)
-    p.add_argument("--config-hash", default="", help="hash of the experiment config (written into every table)")
-    p.add_argument("--config-hash-scope", default="", help="which config keys the hash covers (written next to it)")
-    p.add_argument("--store-keys", type=_json_arg, default={}, help="store keys of the inputs as JSON (written into every table)")
-    p.add_argument("--tasks", nargs="*", default=[], help="tasks.json files: validation findings per task (and analysis.exclude_flagged)")
-    p.add_argument("--out", required=True)
-
-    p = _add(sub, "figures", cmd_figures, "figures (PNG + PDF) from the analysis tables")
-    p.add_argument("--tables", required=True)
-    p.add_argument("--out", required=True)
-
-    p = _add(sub, "report", cmd_report, "the self-contained report.html")
-    p.add_argument("--tables", required=True)
-    p.add_argument("--figures", required=True)
-    p.add_argument("--config", type=_json_arg, required=True, help="the experiment config as JSON")
-    p.add_argument("--timings", nargs="*", help="sample/evaluation artifacts whose benchmark files give stage times")
-    p.add_argument("--ttt-timings", nargs="*", help="TTT artifacts (batches, probe, adapters, scores) whose benchmark files give the TTT stage times")
-    p.add_argument("--ttt", action="store_true", help="add the TTT section (tables ttt_*.csv, figures ttt_*.png)")
-    p.add_argument("--out", required=True)
-
-    p = _add(sub, "readme-section", cmd_readme_section,
-             "write the README's measured section (between its vegtts:measured markers) from a run's tables")
-    p.add_argument("experiment", help="the run's results folder, e.g. results/default (with tables/)")
-    p.add_argument("--readme", default="README.md", help="the README to update (default: README.md)")
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the section is not what the tables give")
-
-    p = _add(sub, "compare", cmd_compare, "one HTML report comparing two or more experiments side by side")
-    p.add_argument("experiments", nargs="+", help="experiment result folders (results/<exp>/ with tables/ and figures/)")
-    p.add_argument("--out", required=True, help="the comparison report.html")
-    _add_ttt_parsers(sub)
+    add_analysis_parsers(sub)
+    add_ttt_parsers(sub)
     _add_store_parsers(sub)
     return parser
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,20 @@ class ConfigError(ValueError):
 
 def load_schema() -> dict[str, Any]:
     return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _schema_properties() -> dict[str, Any]:
+    return load_schema()["properties"]
+
+
+def schema_default(key: str) -> Any:
+    """The schema's default of a config key, e.g. "sampling.max_new_tokens": the one place a default
+    is written down, so the settings classes of the stages take theirs from here."""
+    node: dict[str, Any] = {"properties": _schema_properties()}
+    for part in key.split("."):
+        node = node["properties"][part]
+    return copy.deepcopy(node["default"])
 
 
 def fill_defaults(config: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:

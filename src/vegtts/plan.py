@@ -26,6 +26,7 @@ from typing import Any
 
 from .identity import model_identity, task_keys, tasks_code
 from .io import code_fingerprint, short_hash
+from .outputs import benchmark_file
 from .sampling.backends import BACKENDS
 
 DEFAULT_MODEL_SOURCE = "gemma3-270m-gguf"
@@ -139,15 +140,26 @@ class Plan:
 
     def ttt_files(self) -> list[str]:
         """Every TTT artifact the analysis needs (sample, evaluation, checkpoint and score files)."""
-        if self.ttt is None:
-            return []
-        man = self.ttt_manifest()
-        files: list[str] = []
-        for entry in man["steps"]:
-            for batch in TTT_BATCHES:
-                files += entry[batch]["samples"] + entry[batch]["evaluations"]
-            files += [f for f in (entry["checkpoint"], entry["score"]) if f]
-        return files + man["probe"]["samples"] + man["probe"]["evaluations"]
+        return [] if self.ttt is None else ttt_manifest_files(self.ttt_manifest())
+
+    def stage_benchmarks(self) -> dict[str, list[str]]:
+        """The Snakemake benchmark files of the jobs that make this experiment's artifacts, by stage:
+        sample and evaluate (base samples), and ttt_sample, ttt_evaluate (TTT batches and the
+        probe's own samples), ttt_update and ttt_score when TTT runs. The report sums them."""
+        def of(artifacts: list[str]) -> list[str]:
+            return list(dict.fromkeys(benchmark_file(f) for f in artifacts))
+
+        stages = {"sample": of(self.base_sample_files()), "evaluate": of(self.base_eval_files())}
+        if self.ttt is not None:
+            man = self.ttt_manifest()
+            batches = [entry[batch] for entry in man["steps"] for batch in TTT_BATCHES] + [man["probe"]]
+            checkpoints = [st.checkpoint_key for st in self.ttt.steps.values() if st.checkpoint_key]
+            stages["ttt_sample"] = of([f for b in batches for f in b["samples"]])
+            stages["ttt_evaluate"] = of([f for b in batches for f in b["evaluations"]])
+            stages["ttt_update"] = [self.ttt.update_benchmark(self.store, c) for c in checkpoints]
+            if self.ttt.settings["probe"]:
+                stages["ttt_score"] = of([self.ttt.score_file(self.store, c) for c in checkpoints])
+        return stages
 
     def base_eval_files(self) -> list[str]:
         return [
@@ -164,6 +176,16 @@ class Plan:
         """
         files = self.task_files() + self.base_sample_files() + self.base_eval_files() + self.ttt_files()
         return list(dict.fromkeys(files))
+
+
+def ttt_manifest_files(manifest: dict[str, Any]) -> list[str]:
+    """The TTT artifacts a manifest (Plan.ttt_manifest) lists: batches, checkpoints, scores, probe."""
+    files: list[str] = []
+    for entry in manifest["steps"]:
+        for batch in TTT_BATCHES:
+            files += entry[batch]["samples"] + entry[batch]["evaluations"]
+        files += [f for f in (entry["checkpoint"], entry["score"]) if f]
+    return files + manifest["probe"]["samples"] + manifest["probe"]["evaluations"]
 
 
 def sampling_identity(sampling_config: dict[str, Any]) -> dict[str, Any]:
@@ -378,6 +400,11 @@ class TTTPlan:
 
     def score_file(self, store: str, ckey: str) -> str:
         return f"{store}/scores/{self.probe_key}/{ckey}.parquet"
+
+    @staticmethod
+    def update_benchmark(store: str, ckey: str) -> str:
+        """The benchmark file of the update that made a checkpoint (its adapter is a folder)."""
+        return f"{store}/ttt/{ckey}/update.benchmark.tsv"
 
 
 def ttt_training_settings(ttt: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -22,9 +22,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 from vegtts.analysis.definitions import DEFAULT_VARIANT  # noqa: E402
 from vegtts.analysis.rules import RULES  # noqa: E402
 from vegtts.analysis.rules.base import KINDS  # noqa: E402
-from vegtts.analysis.run import TABLE_FILES  # noqa: E402
 from vegtts.analysis.selection import NO_VARIANT, RULE_ORDER  # noqa: E402
 from vegtts.analysis.tables import read_table  # noqa: E402
+from vegtts.outputs import ANALYSIS_TABLES, FIGURES, TTT_FIGURES, TTT_TABLES  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ STYLE: dict[str, Any] = {
 RULE_STYLE: dict[str, dict[str, str]] = {r.name: {"color": r.color, "marker": r.marker, "label": r.label} for r in RULES}
 CURVE_COLOR = "#4D4D4D"
 OTHER_POLICY_COLORS = ("#009E73", "#CC79A7", "#56B4E9", "#E69F00")
-FIGURE_NAMES = ("scaling", "selection", "teaser", "surprisal_quartiles", "length_speedup", "rule_wins")
+FIGURE_NAMES = FIGURES
 ALL_KINDS = KINDS
 TEASER_RULES = ("oracle", "surprisal_top3", "surprisal", "random", "most_confident", "resid_surprisal", "tail_confident")
 
@@ -175,7 +175,7 @@ def placeholder_figure(title: str, reason: str) -> plt.Figure:
 
 
 def _optional_table(tables_dir: Path, name: str) -> pd.DataFrame | None:
-    path = tables_dir / TABLE_FILES[name]
+    path = tables_dir / ANALYSIS_TABLES[name]
     if not path.exists():
         log.warning("figures: table %s is missing; its figure is skipped", path.name)
         return None
@@ -371,8 +371,8 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     every declared figure exists.
     """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
-    selection, header = read_table(tables_dir / TABLE_FILES["selection"])
-    scaling, _ = read_table(tables_dir / TABLE_FILES["scaling"])
+    selection, header = read_table(tables_dir / ANALYSIS_TABLES["selection"])
+    scaling, _ = read_table(tables_dir / ANALYSIS_TABLES["scaling"])
     policy, variant = _primary(header, selection)
     written: list[Path] = []
     with plt.rc_context(STYLE):
@@ -400,7 +400,7 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 # ---------------------------------------------------------------- test-time training
 
-TTT_FIGURE_NAMES = ("ttt_trajectory", "ttt_rho")
+TTT_FIGURE_NAMES = TTT_FIGURES
 SEED_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 
 
@@ -480,8 +480,6 @@ def ttt_rho_figure(probe: pd.DataFrame) -> plt.Figure:
 
 def make_ttt_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """ttt_trajectory and ttt_rho (PNG + PDF) from the ttt_*.csv tables."""
-    from vegtts.analysis.ttt import TTT_TABLES
-
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     traj, header = read_table(tables_dir / TTT_TABLES["trajectory"])
     selection, _ = read_table(tables_dir / TTT_TABLES["selection"])

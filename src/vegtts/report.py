@@ -21,9 +21,9 @@ import pandas as pd
 
 from vegtts.analysis import claims
 from vegtts.analysis.definitions import DEFINITIONS
-from vegtts.analysis.run import TABLE_FILES
 from vegtts.analysis.tables import flatten, read_table
 from vegtts.io import write_text
+from vegtts.outputs import ANALYSIS_TABLES, TTT_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -85,47 +85,30 @@ def _embed_png(path: Path) -> str:
 
 
 def _read(tables_dir: Path, name: str) -> tuple[pd.DataFrame, dict[str, str]]:
-    path = tables_dir / TABLE_FILES[name]
+    path = tables_dir / ANALYSIS_TABLES[name]
     if not path.exists():
         log.warning("report: table %s is missing", path)
         return pd.DataFrame(), {}
     return read_table(path)
 
 
-def _benchmark_file(artifact: Path) -> Path:
-    """The Snakemake benchmark file of an artifact (a TTT adapter folder: its update's)."""
-    if artifact.name == "adapter":
-        return artifact.parent / "update.benchmark.tsv"
-    return artifact.with_name(artifact.stem + ".benchmark.tsv")
-
-
-def _stage_of(artifact: Path, ttt: bool) -> str:
-    text = str(artifact)
-    if artifact.name == "adapter" or "/ttt/" in text:
-        return "ttt_update"
-    if "/scores/" in text:
-        return "ttt_score"
-    stage = "sample" if "/samples/" in text else "evaluate"
-    return f"ttt_{stage}" if ttt else stage
-
-
-def stage_times_from_benchmarks(artifacts: list[str], ttt_artifacts: list[str] | None = None) -> dict[str, dict[str, float]]:
-    """Sum Snakemake benchmark files per stage: sample and evaluate for the base samples, and
-    ttt_sample, ttt_evaluate (TTT batches and the probe's samples), ttt_update, ttt_score for TTT."""
+def stage_times_from_benchmarks(benchmarks: Mapping[str, list[str]]) -> dict[str, dict[str, float]]:
+    """Sum Snakemake benchmark files per stage (vegtts.plan.Plan.stage_benchmarks: stage -> its
+    jobs' benchmark files; a file listed under two stages counts once, under the first; a missing
+    one, e.g. of an artifact made before benchmarks were kept, counts no job)."""
     totals: dict[str, dict[str, float]] = {}
     seen: set[Path] = set()
-    for artifact, ttt in [(a, False) for a in artifacts] + [(a, True) for a in (ttt_artifacts or [])]:
-        path = Path(artifact)
-        bench = _benchmark_file(path)
-        entry = totals.setdefault(_stage_of(path, ttt), {"jobs": 0, "seconds": 0.0})
-        if bench in seen or not bench.is_file():
-            continue
-        seen.add(bench)
-        with bench.open() as f:
-            for row in csv.DictReader(f, delimiter="\t"):
-                entry["jobs"] += 1
-                entry["seconds"] += float(row["s"])
-    if ttt_artifacts:
+    for stage, files in benchmarks.items():
+        entry = totals.setdefault(stage, {"jobs": 0, "seconds": 0.0})
+        for bench in map(Path, files):
+            if bench in seen or not bench.is_file():
+                continue
+            seen.add(bench)
+            with bench.open() as f:
+                for row in csv.DictReader(f, delimiter="\t"):
+                    entry["jobs"] += 1
+                    entry["seconds"] += float(row["s"])
+    if any(stage.startswith("ttt_") for stage in totals):
         ttt_total = {"jobs": sum(v["jobs"] for k, v in totals.items() if k.startswith("ttt_")),
                      "seconds": sum(v["seconds"] for k, v in totals.items() if k.startswith("ttt_"))}
         totals["ttt (all)"] = ttt_total
@@ -289,7 +272,7 @@ def make_report(
     `ttt`: add the test-time training section from the ttt_*.csv tables and ttt_*.png figures
     (without it, a note says TTT was not run)."""
     tables_dir, figures_dir, out_html = Path(tables_dir), Path(figures_dir), Path(out_html)
-    read = {name: _read(tables_dir, name) for name in TABLE_FILES}
+    read = {name: _read(tables_dir, name) for name in ANALYSIS_TABLES}
     tables = {name: df for name, (df, _) in read.items()}
     sel_header = read["selection"][1]
     title = f"vegtts report: {config.get('experiment', config.get('name', 'experiment'))}"
@@ -316,7 +299,7 @@ def make_report(
     for name, heading in REPORT_TABLES:
         df = tables[name]
         unit = read[name][1].get("unit", "")
-        parts.append(f'<h3>{esc(heading)} <span class="note">({esc(TABLE_FILES[name])}; unit: {esc(unit)})</span></h3>')
+        parts.append(f'<h3>{esc(heading)} <span class="note">({esc(ANALYSIS_TABLES[name])}; unit: {esc(unit)})</span></h3>')
         if name == "rejections" and df.empty:
             parts.append('<p class="note">No evaluation was rejected by a guard.</p>')
             continue
@@ -370,8 +353,6 @@ TTT_FIGURE_CAPTIONS = {
 
 
 def ttt_section(tables_dir: Path, figures_dir: Path) -> tuple[list[str], list[Mapping[str, str]]]:
-    from vegtts.analysis.ttt import TTT_TABLES
-
     read = {name: read_table(tables_dir / file) for name, file in TTT_TABLES.items()}
     t = {name: df for name, (df, _) in read.items()}
     parts = ["<h2>Test-time training</h2>"]
@@ -413,7 +394,7 @@ COMPARE_TABLES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
 
 
 def _experiment_tables(exp_dir: Path) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
-    read = {name: _read(exp_dir / "tables", name) for name in TABLE_FILES}
+    read = {name: _read(exp_dir / "tables", name) for name in ANALYSIS_TABLES}
     return {n: df for n, (df, _) in read.items()}, read["selection"][1]
 
 
@@ -477,7 +458,7 @@ def compare_experiments(exp_dirs: list[Path], out_html: Path) -> Path:
             if columns:
                 df = df[[c for c in columns if c in df.columns]]
             frames.append(df.assign(experiment=name)[["experiment", *df.columns]])
-        parts.append(f"<h3>{esc(heading)} <span class=\"note\">({esc(TABLE_FILES[table])})</span></h3>")
+        parts.append(f"<h3>{esc(heading)} <span class=\"note\">({esc(ANALYSIS_TABLES[table])})</span></h3>")
         parts.append(html_table(pd.concat(frames, ignore_index=True)) if frames else '<p class="note">missing</p>')
 
     parts.append("<h2>Definitions</h2><dl>")
@@ -505,7 +486,7 @@ def readme_section(exp_dir: str | Path) -> str:
     tables, header = _experiment_tables(exp_dir)
     sel = tables["selection"]
     if sel.empty:
-        raise ValueError(f"{exp_dir / 'tables' / TABLE_FILES['selection']} is missing or empty: run the analysis first")
+        raise ValueError(f"{exp_dir / 'tables' / ANALYSIS_TABLES['selection']} is missing or empty: run the analysis first")
     policy, variant = claims.primary_of(header, sel)
     comp = tables["comparisons"]
     items = [
@@ -518,8 +499,6 @@ def readme_section(exp_dir: str | Path) -> str:
         " ".join(claims.speedup_sentences(sel, comp, policy, variant)),
         "Length: " + claims.length_verdict(tables["correlations"], policy, variant),
     ]
-    from vegtts.analysis.ttt import TTT_TABLES
-
     ttt_dir = exp_dir / "tables"
     if all((ttt_dir / f).exists() for f in TTT_TABLES.values()):
         t = {name: read_table(ttt_dir / f)[0] for name, f in TTT_TABLES.items()}

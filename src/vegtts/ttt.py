@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vegtts.config import dataclass_from_settings
+from vegtts.config import dataclass_from_settings, schema_default
 from vegtts.io import fsync_dir, fsync_tree, sibling_temp_dir, write_dir_manifest
 from vegtts.scoring import (
     DEFAULT_LOGIT_CHUNK,
@@ -60,7 +60,7 @@ MEDIAN_FLOOR = 1e-6
 STD_FLOOR = 1e-6
 OPTIMIZER_FILE = "optimizer.pt"
 TTT_STATE_FILE = "vegtts_ttt_state.json"
-DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+DEFAULT_TARGET_MODULES = tuple(schema_default("ttt.lora.target_modules"))
 
 
 # ---------------------------------------------------------------- objectives (pure)
@@ -161,22 +161,22 @@ def compute_advantages(
 
 @dataclass
 class TTTSettings:
-    objective: str = "paper"  # paper | grpo
-    rank: int = 16
-    alpha: float = 32.0
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
-    lora_dropout: float = 0.0
-    learning_rate: float = 1e-5
-    weight_decay: float = 0.0
+    objective: str = schema_default("ttt.objective")  # paper | grpo
+    rank: int = schema_default("ttt.lora.rank")
+    alpha: float = float(schema_default("ttt.lora.alpha"))
+    target_modules: list[str] = field(default_factory=lambda: schema_default("ttt.lora.target_modules"))
+    lora_dropout: float = schema_default("ttt.lora.dropout")
+    learning_rate: float = schema_default("ttt.learning_rate")
+    weight_decay: float = schema_default("ttt.weight_decay")
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
-    max_grad_norm: float | None = None  # clip before the step; None: no clipping (norm still reported)
-    micro_batch: int = 4  # samples per forward/backward
+    max_grad_norm: float | None = schema_default("ttt.max_grad_norm")  # None: no clipping (norm still reported)
+    micro_batch: int = schema_default("ttt.micro_batch")  # samples per forward/backward
     logit_chunk: int = DEFAULT_LOGIT_CHUNK
-    detach_prompt: bool = False  # True: no gradient through the prompt positions (not exact)
+    detach_prompt: bool = schema_default("ttt.detach_prompt")  # True: no gradient through the prompt (not exact)
     reward_window: int = REWARD_WINDOW
-    grpo_normalize_std: bool = False
-    seed: int = 0
+    grpo_normalize_std: bool = schema_default("ttt.grpo_normalize_std")
+    seed: int = schema_default("seed")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TTTSettings:
@@ -203,11 +203,11 @@ def _settings(settings: TTTSettings | Mapping[str, Any]) -> TTTSettings:
 
 def make_lora_model(
     model: Any,
-    rank: int = 16,
-    alpha: float = 32.0,
+    rank: int = TTTSettings.rank,
+    alpha: float = TTTSettings.alpha,
     target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
     seed: int = 0,
-    dropout: float = 0.0,
+    dropout: float = TTTSettings.lora_dropout,
 ) -> Any:
     """Wrap `model` with a fresh LoRA adapter (peft); the base weights are frozen.
 

@@ -89,7 +89,7 @@ SlurmdParameters=config_overrides
 MinJobAge=3600
 SchedulerParameters=sched_interval=2
 GresTypes=gpu
-${node_lines}# the partition names of workflow/profiles/slurm, both on every node
+${node_lines}# the partition names of profiles/slurm, both on every node
 PartitionName=cpu Nodes=$names Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=$names MaxTime=INFINITE State=UP
 CONF

@@ -8,16 +8,22 @@ rule evaluate:
         samples=f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.{{tkey}}.parquet",
     output:
         f"{STORE}/evaluations/{{skey}}/{{ekey}}/s{{seed}}/{{task}}.{{tkey}}.parquet",
-    params:
-        settings=evaluation_settings,
     log:
         f"{STORE}/evaluations/{{skey}}/{{ekey}}/s{{seed}}/{{task}}.{{tkey}}.log",
     benchmark:
-        f"{STORE}/evaluations/{{skey}}/{{ekey}}/s{{seed}}/{{task}}.{{tkey}}.benchmark.tsv"
+        benchmark_file(
+            f"{STORE}/evaluations/{{skey}}/{{ekey}}/s{{seed}}/{{task}}.{{tkey}}.parquet"
+        )
+    conda:
+        "../envs/evaluate.yaml"
     threads: all_cores()
     resources:
         mem_mb=8000,
+        evaluation_runtime=EVALUATION_RUNTIME,
+        eval_cache=f"{STORE}/evalcache",
+    params:
+        settings=evaluation_settings,
     shell:
         "vegtts --log {log} evaluate --tasks {input.tasks} --task {wildcards.task} --samples {input.samples}"
-        " --settings {params.settings:q} --runtime {EVALUATION_RUNTIME:q} --cache {STORE}/evalcache"
+        " --settings {params.settings:q} --runtime {resources.evaluation_runtime:q} --cache {resources.eval_cache:q}"
         " --workers {threads} --out {output}"

@@ -1,24 +1,21 @@
-FIGURES = ["teaser", "scaling", "selection", "surprisal_quartiles", "length_speedup", "rule_wins"]
-
-
 rule figures:
     input:
         rules.analyze.output.tables,
     output:
         png=[
             report(
-                f"{EXP}/figures/{name}.png",
+                f"{FIGURES_DIR}/{name}.png",
                 caption=f"../report/{name}.rst",
                 category="Figures",
             )
             for name in FIGURES
         ],
-        pdf=[f"{EXP}/figures/{name}.pdf" for name in FIGURES],
-    params:
-        tables=f"{EXP}/tables",
-        out=f"{EXP}/figures",
-        code=stage_code("figures"),
+        pdf=figure_files(FIGURES_DIR, FIGURES, "pdf"),
     log:
         f"{EXP}/logs/figures.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        code=stage_code("figures"),
     shell:
-        "vegtts --log {log} figures --tables {params.tables} --out {params.out}"
+        "vegtts --log {log} figures --tables {input} --out {output}"

@@ -6,6 +6,8 @@ rule prepare_model:
         f"{config['resources_dir']}/models/gemma3-270m-gguf/vegtts_model.json",
     log:
         f"{config['resources_dir']}/models/gemma3-270m-gguf.prepare.log",
+    conda:
+        "../envs/sampling.yaml"
     threads: 2
     resources:
         mem_mb=8000,

@@ -4,18 +4,22 @@ rule sample:
         adapter=sample_adapter,
     output:
         f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.{{tkey}}.parquet",
+    log:
+        f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.{{tkey}}.log",
+    benchmark:
+        benchmark_file(f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.{{tkey}}.parquet")
+    conda:
+        "../envs/sampling.yaml"
+    threads: config["sampling"]["threads"]
+    resources:
+        mem_mb=6000,
+        model_path=MODEL_PATH,
+        sampling_runtime=SAMPLING_RUNTIME,
     params:
         settings=sampling_settings,
         policy=sample_policy,
         adapter=lambda w: " ".join(sample_adapter(w)),
-    log:
-        f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.{{tkey}}.log",
-    benchmark:
-        f"{STORE}/samples/{{skey}}/s{{seed}}/{{task}}.{{tkey}}.benchmark.tsv"
-    threads: config["sampling"]["threads"]
-    resources:
-        mem_mb=6000,
     shell:
         "vegtts --log {log} sample --tasks {input.tasks} --task {wildcards.task} --seed {wildcards.seed}"
-        " --policy {params.policy} --model {MODEL_PATH:q} --settings {params.settings:q}"
-        " --runtime {SAMPLING_RUNTIME:q} --threads {threads} --adapter={params.adapter:q} --out {output}"
+        " --policy {params.policy} --model {resources.model_path:q} --settings {params.settings:q}"
+        " --runtime {resources.sampling_runtime:q} --threads {threads} --adapter={params.adapter:q} --out {output}"

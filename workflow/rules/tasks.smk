@@ -2,10 +2,14 @@
 rule resolve_task:
     output:
         f"{STORE}/tasks/{{tkey}}/tasks.json",
-    params:
-        task=resolved_task,
     log:
         f"{STORE}/tasks/{{tkey}}/resolve.log",
+    conda:
+        "../envs/sampling.yaml"
+    resources:
+        task_suite=TASK_SUITE,
+    params:
+        task=resolved_task,
     shell:
-        "vegtts --log {log} tasks resolve --suite {TASK_SUITE:q} --task {params.task} --key {wildcards.tkey}"
+        "vegtts --log {log} tasks resolve --suite {resources.task_suite:q} --task {params.task} --key {wildcards.tkey}"
         " --out {output}"

@@ -14,7 +14,6 @@ import pandas as pd
 
 from vegtts.analysis.definitions import (
     CEILING_TOLERANCE,
-    DEFAULT_VARIANT,
     SURPRISAL_VARIANTS,
     definitions_for,
 )
@@ -38,39 +37,27 @@ from vegtts.analysis.statistics import (
 )
 from vegtts.analysis.surprisal import NLL_COLUMNS, TAIL_COLUMNS
 from vegtts.analysis.tables import write_table
+from vegtts.config import schema_default
 from vegtts.io import read_json, write_parquet
+from vegtts.outputs import ANALYSIS_TABLES, MERGED_SAMPLES
 from vegtts.records import STATUSES
 
 log = logging.getLogger(__name__)
 
+# The `analysis` block's keys: defaults from the config schema; the others are not config keys.
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "k_values": "auto",
-    "fast_p": [0, 1, 1.5, 2],
-    "primary_variant": DEFAULT_VARIANT,
+    "k_values": schema_default("analysis.k_values"),
+    "fast_p": schema_default("analysis.fast_p"),
+    "primary_variant": schema_default("analysis.primary_variant"),
     "primary_policy": None,  # None: "base" if present, else the first policy in sort order
-    "bootstrap": 2000,
-    "seed": 0,
+    "bootstrap": schema_default("analysis.bootstrap"),
+    "seed": schema_default("seed"),
     "spread_threshold": DEFAULT_SPREAD_THRESHOLD,  # nats per token, see definition logprob_spread
     "signal_targets": {"share_correct": 0.25, "tasks_mixed_correctness": 8, "tasks_with_speed_signal": 4},
-    "exclude_flagged": False,  # False, True (any validation finding) or a list of check names
+    "exclude_flagged": schema_default("analysis.exclude_flagged"),
 }
 
-TABLE_FILES = {
-    "sample_stats": "sample_stats.csv",
-    "selection": "selection.csv",
-    "selection_per_task": "selection_per_task.csv",
-    "scaling": "scaling.csv",
-    "signal": "signal.csv",
-    "comparisons": "comparisons.csv",
-    "correlations": "correlations.csv",
-    "surprisal_quartiles": "surprisal_quartiles.csv",
-    "logprob_spread": "logprob_spread.csv",
-    "scaling_summary": "scaling_summary.csv",
-    "equivalent_k": "equivalent_k.csv",
-    "correct_programs": "correct_programs.csv",
-    "rejections": "rejections.csv",
-    "outcomes": "outcomes.csv",
-}
+TABLE_FILES = ANALYSIS_TABLES
 # What one row, count or test of each table is over (written as `# unit:` into its header).
 TABLE_UNITS = {
     "sample_stats": "per (policy, task): samples (n_samples, shares), distinct programs (n_*programs), evaluations by status",
@@ -90,7 +77,7 @@ TABLE_UNITS = {
 }
 # The tables the original workflow tracks; the others are new and listed for the lead to add.
 SATURATION_POINTS, SATURATION_RATIO = 0.02, 0.98
-MERGED_FILE = "samples_evaluated.parquet"
+MERGED_FILE = MERGED_SAMPLES
 
 
 def resolve_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:

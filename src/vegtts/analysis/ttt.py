@@ -26,19 +26,11 @@ from vegtts.analysis.programs import distinct_programs
 from vegtts.analysis.statistics import clustered_correlations
 from vegtts.analysis.tables import write_table
 from vegtts.io import read_parquet_metadata
+from vegtts.outputs import TTT_TABLES
 
 log = logging.getLogger(__name__)
 
 BATCHES = ("train", "heldout")
-TTT_TABLES = {
-    "trajectory": "ttt_trajectory.csv",
-    "per_task": "ttt_per_task.csv",
-    "selection": "ttt_selection.csv",
-    "probe": "ttt_probe.csv",
-    "compute": "ttt_compute.csv",
-    "equal_budget": "ttt_equal_budget.csv",
-    "bon_curve": "ttt_bon_curve.csv",
-}
 RULES = ("boa_in_sample", "boa_held_out", "fixed_final", "early_stop", "per_task_oracle")
 # Where each rule chooses (always the train batch) and what it reports on.
 REPORT_BATCH = {"boa_in_sample": "train", "boa_held_out": "heldout", "fixed_final": "heldout",

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vegtts.config import dataclass_from_settings
+from vegtts.config import dataclass_from_settings, schema_default
 from vegtts.extract import assemble_program, code_token_span, extract
 from vegtts.io import provenance, sha256_text, write_parquet
 from vegtts.records import SampleRecord, TaskSpec, to_row
@@ -38,16 +38,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SamplerSettings:
-    k: int = 16
-    temperature: float = 0.5
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    batch_size: int = 8
+    k: int = schema_default("sampling.k")
+    temperature: float = schema_default("sampling.temperature")
+    top_p: float = schema_default("sampling.top_p")
+    max_new_tokens: int = schema_default("sampling.max_new_tokens")
+    batch_size: int = schema_default("sampling.batch_size")
     stop: list[str] | None = None  # None: the prompt format's stop sequences
-    seed: int = 0
-    prompt_format: str = "body"
-    prompt_style: str = "completion"
-    n_shots: int = 5
+    seed: int = schema_default("seed")
+    prompt_format: str = schema_default("prompt.format")
+    prompt_style: str = schema_default("prompt.style")
+    n_shots: int = schema_default("prompt.n_shots")
     prompt_reference: str = "code"  # code: reference without docstring/suite metadata | full
     drop_finished: bool = True
 
