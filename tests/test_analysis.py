@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 from vegtts.analysis import (
-    TABLE_FILES,
     expected_best_speedup_at_k,
     fast_p_at_k,
     k_grid,
@@ -27,6 +26,7 @@ from vegtts.analysis.definitions import GEOMEAN_EPS
 from vegtts.analysis.estimators import order_statistic_weights
 from vegtts.analysis.selection import aggregate_selection, select_all
 from vegtts.analysis.synthetic import synthetic_records, write_synthetic_run
+from vegtts.outputs import ANALYSIS_TABLES
 
 # ---------------------------------------------------------------- estimators vs brute force
 
@@ -298,7 +298,7 @@ def test_table_round_trip_with_header(tmp_path: Path):
 def test_run_analysis_end_to_end(tmp_path: Path):
     sp, ep = write_synthetic_run(tmp_path / "in", n_tasks=5, n_samples=8, seeds=(0, 1), seed=4)
     run_analysis(sp, ep, {"bootstrap": 200, "seed": 1}, {"config_hash": "h"}, tmp_path / "out")
-    for name in TABLE_FILES.values():
+    for name in ANALYSIS_TABLES.values():
         assert (tmp_path / "out" / name).stat().st_size > 0
     merged = pd.read_parquet(tmp_path / "out" / "samples_evaluated.parquet")
     sel, header = read_table(tmp_path / "out" / "selection.csv")

@@ -20,7 +20,6 @@ from vegtts.analysis.programs import (
     reference_copy_column,
 )
 from vegtts.analysis.run import (
-    TABLE_FILES,
     flagged_tasks,
     resolve_settings,
     run_analysis,
@@ -34,6 +33,7 @@ from vegtts.analysis.statistics import (
 )
 from vegtts.analysis.synthetic import synthetic_records
 from vegtts.analysis.tables import read_table
+from vegtts.outputs import ANALYSIS_TABLES
 
 # ---------------------------------------------------------------- helpers
 
@@ -282,7 +282,7 @@ def analysed(tmp_path_factory) -> Path:
 
 
 def test_every_table_states_unit_config_hash_code_version_and_store_keys(analysed: Path):
-    for name in TABLE_FILES.values():
+    for name in ANALYSIS_TABLES.values():
         _, header = read_table(analysed / "tables" / name)
         assert header.get("unit"), name
         assert header["config_hash"] == "cafe01" and header["code.git_commit"] == "abcdef123456", name

@@ -36,9 +36,9 @@ def analysed(tmp_path_factory) -> Path:
 def test_figures_are_written_as_png_and_pdf(analysed: Path):
     paths = make_figures(analysed / "tables", analysed / "figures")
     names = sorted(p.name for p in paths)
-    from vegtts.plots import FIGURE_NAMES
+    from vegtts.outputs import FIGURES
 
-    assert names == sorted(f"{n}.{ext}" for n in FIGURE_NAMES for ext in ("png", "pdf"))
+    assert names == sorted(f"{n}.{ext}" for n in FIGURES for ext in ("png", "pdf"))
     for p in paths:
         data = p.read_bytes()
         assert len(data) > 5000
@@ -73,10 +73,10 @@ def test_report_is_self_contained_and_escaped(analysed: Path):
                       {"sample": 12.5, "evaluate": {"jobs": 6, "seconds": 3.25}}, analysed / "report.html")
     text = out.read_text()
     # both figures embedded, and they decode to the PNGs on disk
-    from vegtts.plots import FIGURE_NAMES
+    from vegtts.outputs import FIGURES
 
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(imgs) == len(FIGURE_NAMES)
+    assert len(imgs) == len(FIGURES)
     assert base64.b64decode(imgs[0]) == (analysed / "figures" / "scaling.png").read_bytes()
     # nothing external
     assert not re.search(r'(src|href)="(https?:)?//', text)
@@ -154,7 +154,7 @@ def test_compare_experiments_side_by_side(analysed: Path, tmp_path: Path):
 
 def test_every_figure_exists_even_without_correct_samples(tmp_path: Path):
     """An experiment where nothing is correct still gets every declared figure (placeholders say why)."""
-    from vegtts.plots import FIGURE_NAMES
+    from vegtts.outputs import FIGURES
 
     samples, evals = synthetic_records(n_tasks=2, n_samples=4, seeds=(0,), seed=3)
     evals["correct"] = False
@@ -165,7 +165,7 @@ def test_every_figure_exists_even_without_correct_samples(tmp_path: Path):
     evals.to_parquet(tmp_path / "evals.parquet")
     run_analysis([tmp_path / "samples.parquet"], [tmp_path / "evals.parquet"], {"bootstrap": 100}, {}, tmp_path / "t")
     names = {p.name for p in make_figures(tmp_path / "t", tmp_path / "f")}
-    assert names == {f"{n}.{ext}" for n in FIGURE_NAMES for ext in ("png", "pdf")}
+    assert names == {f"{n}.{ext}" for n in FIGURES for ext in ("png", "pdf")}
 
 
 def test_every_declared_figure_has_a_report_caption_and_a_snakemake_caption():

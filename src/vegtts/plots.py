@@ -24,7 +24,7 @@ from vegtts.analysis.rules import RULES  # noqa: E402
 from vegtts.analysis.rules.base import KINDS  # noqa: E402
 from vegtts.analysis.selection import NO_VARIANT, RULE_ORDER  # noqa: E402
 from vegtts.analysis.tables import read_table  # noqa: E402
-from vegtts.outputs import ANALYSIS_TABLES, FIGURES, TTT_FIGURES, TTT_TABLES  # noqa: E402
+from vegtts.outputs import ANALYSIS_TABLES, TTT_TABLES  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ STYLE: dict[str, Any] = {
 RULE_STYLE: dict[str, dict[str, str]] = {r.name: {"color": r.color, "marker": r.marker, "label": r.label} for r in RULES}
 CURVE_COLOR = "#4D4D4D"
 OTHER_POLICY_COLORS = ("#009E73", "#CC79A7", "#56B4E9", "#E69F00")
-FIGURE_NAMES = FIGURES
 ALL_KINDS = KINDS
 TEASER_RULES = ("oracle", "surprisal_top3", "surprisal", "random", "most_confident", "resid_surprisal", "tail_confident")
 
@@ -364,7 +363,7 @@ def rule_wins_figure(per_unit: pd.DataFrame, policy: str, variant: str) -> plt.F
 
 
 def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write every figure in FIGURE_NAMES as .png and .pdf from the CSV tables; return their paths.
+    """Write every figure in FIGURES as .png and .pdf from the CSV tables; return their paths.
 
     scaling and selection need only selection.csv and scaling.csv; when another figure's table is
     missing or empty (e.g. no correct samples), a placeholder saying so is written in its place, so
@@ -400,7 +399,6 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 # ---------------------------------------------------------------- test-time training
 
-TTT_FIGURE_NAMES = TTT_FIGURES
 SEED_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 
 

@@ -57,7 +57,6 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "exclude_flagged": schema_default("analysis.exclude_flagged"),
 }
 
-TABLE_FILES = ANALYSIS_TABLES
 # What one row, count or test of each table is over (written as `# unit:` into its header).
 TABLE_UNITS = {
     "sample_stats": "per (policy, task): samples (n_samples, shares), distinct programs (n_*programs), evaluations by status",
@@ -77,7 +76,6 @@ TABLE_UNITS = {
 }
 # The tables the original workflow tracks; the others are new and listed for the lead to add.
 SATURATION_POINTS, SATURATION_RATIO = 0.02, 0.98
-MERGED_FILE = MERGED_SAMPLES
 
 
 def resolve_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -408,7 +406,7 @@ def run_analysis(
     score_paths: Sequence[str | os.PathLike] | None = None,
     tasks_path: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
 ) -> None:
-    """Merge samples with evaluations and write TABLE_FILES plus samples_evaluated.parquet.
+    """Merge samples with evaluations and write ANALYSIS_TABLES plus samples_evaluated.parquet.
 
     `tasks_path` (tasks.json): each task's validation findings go into sample_stats, and with
     analysis.exclude_flagged the flagged tasks are left out of every other table (named in every
@@ -430,10 +428,10 @@ def run_analysis(
             "surprisal_source": "scores" if score_paths else "sampling"}
     log.info("analysis: %d samples, %d tasks, policies %s", len(samples), samples["task_id"].nunique(),
              sorted(samples["policy"].unique()))
-    write_parquet(out / MERGED_FILE, all_samples, metadata={"provenance": prov})
+    write_parquet(out / MERGED_SAMPLES, all_samples, metadata={"provenance": prov})
 
     def table(name: str, df: pd.DataFrame, defs: Mapping[str, str]) -> None:
-        write_table(df, out / TABLE_FILES[name], defs, prov, unit=TABLE_UNITS[name])
+        write_table(df, out / ANALYSIS_TABLES[name], defs, prov, unit=TABLE_UNITS[name])
 
     boot, seed = int(s["bootstrap"]), int(s["seed"])
     table("sample_stats", sample_stats(all_samples, validation, excluded),
