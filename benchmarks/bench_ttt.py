@@ -79,7 +79,7 @@ def release_freed_memory() -> None:
 
 
 def timed(fn: Any) -> tuple[Any, float, Any]:
-    from vegtts.scoring import measure_peak_rss
+    from vegtts.peak_memory import measure_peak_rss
 
     release_freed_memory()
     with measure_peak_rss() as mem:
@@ -104,7 +104,7 @@ def naive_scoring(model: Any, prompt_ids: Any, rows: list[list[int]], micro_batc
 
 def naive_ttt_grads(model: Any, prompt_ids: Any, rows: list[list[int]], adv: Any, micro_batch: int) -> dict[str, Any]:
     from vegtts.scoring import causal_lm, naive_completion_logprobs
-    from vegtts.ttt import policy_gradient_loss
+    from vegtts.ttt_objectives import policy_gradient_loss
 
     n_tokens = sum(len(r) for r in rows)
     model.zero_grad(set_to_none=True)
@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     from vegtts.sampling.transformers_backend import encode_prompt
     from vegtts.scoring import score_samples
     from vegtts.tasks import load_tasks
-    from vegtts.ttt import TTTSettings, compute_advantages, evaluation_order, join_evaluations, make_lora_model
+    from vegtts.ttt import TTTSettings, compute_advantages, join_evaluations, make_lora_model
+    from vegtts.ttt_objectives import evaluation_order
 
     if args.threads:
         torch.set_num_threads(args.threads)

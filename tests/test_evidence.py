@@ -428,31 +428,31 @@ def test_wall_time_table_includes_ttt_stages(tmp_path: Path):
     assert times["ttt (all)"]["seconds"] == 32 and times["all"]["seconds"] == 47
 
 
-# ---------------------------------------------------------------- README section and the first screen
+# ---------------------------------------------------------------- the measured section and the first screen
 
 
-def test_readme_section_regenerates_identically_and_detects_drift(analysed: Path, tmp_path: Path):
-    from vegtts.report import README_BEGIN, README_END, write_readme_section
+def test_measured_section_regenerates_identically_and_detects_drift(analysed: Path, tmp_path: Path):
+    from vegtts.measured_section import MEASURED_BEGIN, MEASURED_END, write_measured_section
 
     exp = tmp_path / "default"
     (exp / "tables").mkdir(parents=True)
     for csv in (analysed / "tables").glob("*.csv"):
         (exp / "tables" / csv.name).write_bytes(csv.read_bytes())
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n## measured\n\n{README_BEGIN}\nstale numbers: 48.4% correct, oracle 100%\n{README_END}\n\nrest\n")
-    assert write_readme_section(exp, readme) is True
-    first = readme.read_text()
-    assert "stale numbers" not in first and first.endswith(f"{README_END}\n\nrest\n")
+    note = tmp_path / "default_run.md"
+    note.write_text(f"# x\n\n## measured\n\n{MEASURED_BEGIN}\nstale numbers: 48.4% correct, oracle 100%\n{MEASURED_END}\n\nrest\n")
+    assert write_measured_section(exp, note) is True
+    first = note.read_text()
+    assert "stale numbers" not in first and first.endswith(f"{MEASURED_END}\n\nrest\n")
     assert "config hash cafe01" in first and "Task success" in first and "untimed_work" in first
-    assert write_readme_section(exp, readme) is False and readme.read_text() == first  # identical on regeneration
-    assert write_readme_section(exp, readme, check=True) is False
+    assert write_measured_section(exp, note) is False and note.read_text() == first  # identical on regeneration
+    assert write_measured_section(exp, note, check=True) is False
     # tables of another run: --check reports drift and writes nothing
     sel = exp / "tables" / "selection.csv"
     sel.write_text(sel.read_text().replace("cafe01", "beef02"))
-    assert write_readme_section(exp, readme, check=True) is True and readme.read_text() == first
-    readme.write_text("no markers\n")
+    assert write_measured_section(exp, note, check=True) is True and note.read_text() == first
+    note.write_text("no markers\n")
     with pytest.raises(ValueError, match="vegtts:measured:begin"):
-        write_readme_section(exp, readme)
+        write_measured_section(exp, note)
 
 
 def test_first_screen_of_a_run_claims_only_what_intervals_support(analysed: Path, tmp_path: Path):
@@ -536,8 +536,8 @@ def test_resampling_units_instead_of_tasks_undercovers_when_seeds_share_programs
 
 
 def test_the_default_run_note_has_one_generated_measured_section():
-    from vegtts.report import README_BEGIN, README_END
+    from vegtts.measured_section import MEASURED_BEGIN, MEASURED_END
 
     text = (Path(__file__).resolve().parents[1] / "benchmarks/results/default_run.md").read_text()
-    assert text.count(README_BEGIN) == 1 and text.count(README_END) == 1
-    assert text.index(README_BEGIN) < text.index(README_END)
+    assert text.count(MEASURED_BEGIN) == 1 and text.count(MEASURED_END) == 1
+    assert text.index(MEASURED_BEGIN) < text.index(MEASURED_END)

@@ -15,9 +15,9 @@ from helpers import PROMPT, CharTokenizer, samples_frame, tiny_model
 from vegtts.analysis.merge import _apply_scores
 from vegtts.analysis.surprisal import NLL_COLUMNS, TAIL_COLUMNS
 from vegtts.io import read_parquet_metadata, write_parquet
+from vegtts.peak_memory import measure_peak_rss
 from vegtts.scoring import (
     completion_logprobs,
-    measure_peak_rss,
     naive_completion_logprobs,
     run_prompt,
     run_scoring,
@@ -145,7 +145,7 @@ def _touched_pages(mib: int) -> mmap.mmap:
 def _skip_unless_rss_shows_allocations() -> None:
     """Some sandboxes (CI's among them) report a VmRSS that a touched 256 MiB allocation leaves
     unchanged; there no method can see the peak, so these tests have nothing to check."""
-    from vegtts.scoring import _read_status_kb
+    from vegtts.peak_memory import _read_status_kb
 
     before = _read_status_kb("VmRSS")
     if before is None:

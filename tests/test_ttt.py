@@ -13,19 +13,21 @@ from helpers import PROMPT, CharTokenizer, samples_frame, tiny_model
 from vegtts.scoring import naive_completion_logprobs
 from vegtts.ttt import (
     TTTSettings,
-    evaluation_order,
-    grpo_advantages,
     load_lora_model,
     load_optimizer_state,
     load_ttt_state,
     lora_parameters,
     make_lora_model,
     make_optimizer,
+    save_adapter,
+    ttt_step,
+)
+from vegtts.ttt_objectives import (
+    evaluation_order,
+    grpo_advantages,
     paper_advantages,
     paper_rewards,
     policy_gradient_loss,
-    save_adapter,
-    ttt_step,
 )
 
 # ---------------------------------------------------------------- objectives, by hand

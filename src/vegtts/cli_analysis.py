@@ -1,4 +1,4 @@
-"""`vegtts analyze`, `figures`, `report`, `readme-section`, `compare`: the experiment's tables,
+"""`vegtts analyze`, `figures`, `report`, `measured-section`, `compare`: the experiment's tables,
 figures and report. The workflow hands them the files its rules declare (vegtts.outputs)."""
 
 from __future__ import annotations
@@ -69,18 +69,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_readme_section(args: argparse.Namespace) -> int:
-    from .report import write_readme_section
+def cmd_measured_section(args: argparse.Namespace) -> int:
+    from .measured_section import write_measured_section
 
-    changed = write_readme_section(Path(args.experiment), Path(args.readme), check=args.check)
+    changed = write_measured_section(Path(args.experiment), Path(args.note), check=args.check)
     if args.check:
         if changed:
-            log.error("%s: the measured section differs from what %s's tables give; run `vegtts readme-section %s`",
-                      args.readme, args.experiment, args.experiment)
+            log.error("%s: the measured section differs from what %s's tables give; run `vegtts measured-section %s --note %s`",
+                      args.note, args.experiment, args.experiment, args.note)
             return 1
-        log.info("%s: the measured section matches %s", args.readme, args.experiment)
+        log.info("%s: the measured section matches %s", args.note, args.experiment)
         return 0
-    log.info("%s: measured section %s", args.readme, "rewritten" if changed else "already up to date")
+    log.info("%s: measured section %s", args.note, "rewritten" if changed else "already up to date")
     return 0
 
 
@@ -117,10 +117,11 @@ def add_analysis_parsers(sub: Any) -> None:
     p.add_argument("--ttt", action="store_true", help="add the TTT section (tables ttt_*.csv, figures ttt_*.png)")
     p.add_argument("--out", required=True)
 
-    p = add_command(sub, "readme-section", cmd_readme_section,
-                    "write the README's measured section (between its vegtts:measured markers) from a run's tables")
+    p = add_command(sub, "measured-section", cmd_measured_section,
+                    "write a run note's measured section (between its vegtts:measured markers) from a run's tables")
     p.add_argument("experiment", help="the run's results folder, e.g. results/default (with tables/)")
-    p.add_argument("--readme", default="README.md", help="the README to update (default: README.md)")
+    p.add_argument("--note", default="benchmarks/results/default_run.md",
+                   help="the note to update (default: benchmarks/results/default_run.md)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the section is not what the tables give")
 
     p = add_command(sub, "compare", cmd_compare, "one HTML report comparing two or more experiments side by side")
