@@ -391,10 +391,10 @@ def test_a_full_disk_is_named_in_the_log_and_on_the_callers_stderr(tmp_path):
     stderr Snakemake shows; the real-tmpfs version of this is in tests/test_store_faults.py."""
     log = tmp_path / "job.log"
     script = (
-        "import errno, sys, vegtts.cli as cli\n"
+        "import errno, sys, vegtts.cli as cli, vegtts.cli_analysis as commands\n"
         "def full(args):\n"
         f"    raise OSError(errno.ENOSPC, 'No space left on device', {str(tmp_path / 'x.parquet')!r})\n"
-        "cli.cmd_figures = full\n"
+        "commands.cmd_figures = full\n"
         f"sys.exit(cli.main(['--log', {str(log)!r}, 'figures', '--tables', 't', '--out', 'o']))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
