@@ -527,6 +527,52 @@ def test_untimed_and_background_work_reasons():
     assert untimed_work_reason(ref, _rounds([5] * n, [2.5] * n, request_ms=[2] * n)) is None  # 7.5 ms in all
 
 
+def _protocol_rounds(load_ms, run_ms=1, end_ms=0.0, warm_up_end=0.0):
+    """A side's SideRounds as _time_rounds leaves it: round r's load (load_ms[r]), then its run;
+    after the last run the end request."""
+    from vegtts.evaluate.paired_timing import SideRounds, _close_gaps
+
+    ms = 1_000_000
+    s = SideRounds(lead_in=int(warm_up_end * ms))
+    clock = warm_up_end
+    for load in load_ms:
+        clock += load
+        s.request_cpu.append(int(load * ms))
+        s.cpu_marks.append((int(clock * ms), int((clock + run_ms) * ms)))
+        s.run_cpu.append(int(run_ms * ms))
+        s.run_wall.append(int(run_ms * ms))
+        clock += run_ms
+    s.request_cpu[-1] += int(end_ms * ms)
+    _close_gaps(s, int((clock + end_ms) * ms))
+    return s
+
+
+def test_each_round_holds_its_own_load():
+    from vegtts.evaluate.paired_timing import charged_rounds, untimed_work_reason
+
+    ref = _protocol_rounds([1] * 5, run_ms=10)
+    hiding = _protocol_rounds([5] * 5, run_ms=1)  # 4 ms of the next call computed in every load
+    # the gap after each run held the next round's load: round 0 got two loads, the last none, so
+    # the last round showed no excess and the hidden work was neither consistent nor charged
+    assert hiding.untimed_cpu == [5_000_000] * 5 and ref.untimed_cpu == [1_000_000] * 5
+    a, b = charged_rounds(ref, hiding, threads=1)
+    assert b == [5e6] * 5 and a == [10e6] * 5
+    assert untimed_work_reason(ref, hiding).startswith("untimed_work:")
+    tail = _protocol_rounds([1] * 5, run_ms=1, end_ms=3)  # CPU after the last run goes to the last round
+    assert tail.untimed_cpu == [1_000_000] * 4 + [4_000_000]
+
+
+def test_hidden_work_with_one_slow_reference_load_is_rejected():
+    from vegtts.evaluate.paired_timing import untimed_work_reason
+
+    ref = _protocol_rounds([1, 1, 12, 1, 1], run_ms=10)  # one slow load on the reference's side
+    hiding = _protocol_rounds([5] * 5, run_ms=1)
+    # excess 4, 4, -7, 4, 4 ms: its interval reaches below 0 with 5 rounds, its median is 4 ms
+    assert untimed_work_reason(ref, hiding).startswith("untimed_work:")
+    honest = _protocol_rounds([1, 1, 1, 14, 1], run_ms=5)  # one slow load of its own: not hidden work
+    assert untimed_work_reason(ref, honest) is None
+
+
 def test_cpu_budget_only_binds_wall_timed_multithreaded_runs():
     from vegtts.evaluate.paired_timing import SideRounds, cpu_budget_reason
 
@@ -714,6 +760,26 @@ def test_a_timing_based_rejection_is_remeasured_and_only_a_confirmed_one_is_cach
     rec = evaluate_task(spec_of("scale"), [(sha256_text(prog3), prog3)], FAST, tmp_path)[0]
     assert rec.status == "rejected" and rec.guard == "background_work"
     assert len(list(tmp_path.rglob("*.json"))) == 2  # two different timing guards: not confirmed, not cached
+
+
+def test_an_ok_after_a_hidden_work_rejection_is_measured_a_third_time(monkeypatch, tmp_path):
+    from vegtts.evaluate import runner
+    from vegtts.evaluate.stats import TimingStats
+
+    monkeypatch.setattr(runner, "ensure_control", lambda ctx, launcher: None)
+    hidden = runner.Verdict("rejected", "untimed_work: hidden", "untimed_work", phase="timing")
+    uncharged = runner.Verdict("ok", timing=TimingStats(10.0, 1.0, 0, 0, 7.45, 6.78, 8.0, 10), phase="timing")
+    prog = program("scale", HONEST + "\n# hidden, uncharged once")
+    monkeypatch.setattr(runner, "time_candidate", _fake_timing([hidden, uncharged, hidden]))
+    rec = evaluate_task(spec_of("scale"), [(sha256_text(prog), prog)], FAST, tmp_path)[0]
+    assert rec.status == "rejected" and rec.guard == "untimed_work", (rec.status, rec.speedup, rec.flags)
+    assert {"remeasured", "first_untimed_work", "measured_thrice"} <= set(rec.flags.split(","))
+    assert len(list(tmp_path.rglob("*.json"))) == 1  # the first and the third agree: confirmed, cached
+
+    prog2 = program("scale", HONEST + "\n# noise once")
+    monkeypatch.setattr(runner, "time_candidate", _fake_timing([hidden]))
+    rec = evaluate_task(spec_of("scale"), [(sha256_text(prog2), prog2)], FAST)[0]
+    assert rec.status == "ok" and {"remeasured", "first_untimed_work", "measured_thrice"} <= set(rec.flags.split(","))
 
 
 def test_reference_time_jump_is_remeasured(monkeypatch):

@@ -16,7 +16,8 @@ Per candidate (docs/evaluator.md, "Timing protocol"):
 5. the speedup is exp(median of per-round log ratios) with an order-statistic interval; rounds
    are added (up to twice the planned number) while that interval is wide;
 6. a verdict that rests on timing (a timing guard's rejection, an excessive speedup, a reference
-   time far from the task's A/A control) is measured again in fresh children before it stands.
+   time far from the task's A/A control) is measured again in fresh children before it stands;
+   where a timing guard's rejection meets an `ok`, a third measurement decides.
 """
 
 from __future__ import annotations
@@ -218,8 +219,18 @@ def _remeasure_reason(ctx: ReferenceContext, v: Verdict) -> str | None:
     return None
 
 
+def needs_third_measurement(first: Verdict, second: Verdict) -> bool:
+    """The first measurement rejected hidden work (a timing guard) and the second came back `ok`.
+
+    The second `ok` may rest on work that one measurement's rounds did not show (the charge takes
+    only consistent excess), so it does not overrule the first alone: a third measurement decides,
+    and the rejection stands (confirmed) when it agrees with the first.
+    """
+    return first.phase == "timing" and first.guard in TIMING_GUARDS and second.status == "ok"
+
+
 def _settle(ctx: ReferenceContext, first: Verdict, second: Verdict, reason: str) -> Verdict:
-    """The verdict of a re-measured candidate: the second measurement, flagged with why it was taken."""
+    """The verdict of a re-measured candidate: the last measurement (`second`), flagged with why it was taken."""
     if reason == "excessive_speedup":
         flags = ["excessive_speedup_retimed"]
         if second.status == "ok" and second.timing is not None:
@@ -280,9 +291,14 @@ def evaluate_candidate(ctx: ReferenceContext, program: str, launcher: Launcher) 
         ensure_control(ctx, launcher)
         reason = _remeasure_reason(ctx, verdict)
         if reason:
-            first_seconds = verdict.seconds
-            verdict = _settle(ctx, verdict, measure_once(ctx, program, launcher), reason)
-            verdict.seconds += first_seconds
+            first, second = verdict, measure_once(ctx, program, launcher)
+            seconds = first.seconds + second.seconds
+            if needs_third_measurement(first, second):
+                second = measure_once(ctx, program, launcher)
+                second.flags = ["measured_thrice", *second.flags]
+                seconds += second.seconds
+            verdict = _settle(ctx, first, second, reason)
+            verdict.seconds = seconds
         if verdict.status == "ok":
             verdict.flags = verdict.flags + ctx.control_flags
     return verdict
