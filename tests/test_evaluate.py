@@ -634,6 +634,26 @@ def test_child_cpu_clock_counts_work_between_requests():
         assert child.cpu_ns() - mark > 20_000_000
 
 
+@pytest.mark.parametrize("request_kind", ["payload", "ack_payload"])
+def test_a_reply_written_by_the_candidate_is_rejected_whichever_request_it_answers(request_kind):
+    """harness_socket_reply.py, made to fire on its first call: its fake `{"ok": true}` answers a
+    correctness trial or, byte for byte the harness's own reply, a pair-history acknowledgement
+    (whose real reply it swallows), where only the request's nonce tells the two apart."""
+    from vegtts.evaluate.reference import ReferenceContext
+    from vegtts.evaluate.session import ChildFailure, ChildSession
+
+    hack = (HACKS / "harness_socket_reply.py").read_text()
+    assert "x.data_ptr() % 4096 == 0 and " in hack
+    spec = hack_spec("relu_thrice")
+    program = spec.source.rstrip("\n") + "\n\n\n" + hack.replace("x.data_ptr() % 4096 == 0 and ", "")
+    ctx = ReferenceContext.build(spec, FAST)
+    with ChildSession(shared_fork_server(), threads=1, memory_limit_mb=1024, timeout_s=30) as child:
+        child.request(ctx.setup_request("cand", program))
+        with pytest.raises(ChildFailure) as failure:
+            child.request(getattr(ctx.trials[0], request_kind))
+    assert (failure.value.status, failure.value.guard) == ("rejected", "harness_reply"), failure.value
+
+
 # ----------------------------------------------------------------------------- confinement
 
 

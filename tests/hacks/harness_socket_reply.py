@@ -2,8 +2,11 @@
 # expect: rejected harness_reply
 # why: answers the parent on the harness's own socket from inside forward: after the first call of
 #   a timed batch it writes the harness's `{"ok": true}` reply itself, so the parent would stop the
-#   clock, and swallows the harness's real reply with a patched socket.sendall.  A run reply must
-#   carry the request's nonce and describe every call's outputs
+#   clock, and swallows the harness's real reply with a patched socket.sendall.  It fires on the first
+#   page-aligned input, which may instead be a correctness trial's (its reply read as the trial's) or a
+#   pair-history trial's (its fake then equals the real acknowledgement: before every reply had to echo
+#   its request's nonce, that came back `ok`, with the honest torch.relu speedup).  Every reply must
+#   carry its request's nonce, so each of these is harness_reply
 import os
 import struct
 import sys

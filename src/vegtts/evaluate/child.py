@@ -315,7 +315,7 @@ def child_main(sock: socket.socket, confinement: dict[str, Any] | None = None) -
     state = ChildState(baseline_threads=threading.active_count())
     filename = "<candidate>"
     for msg in requests(sock, recv_message):
-        op = msg.get("op")
+        op, nonce = msg.get("op"), msg.get("nonce")  # every reply echoes its request's nonce
         if op == "setup":
             state.role = msg["role"]
             state.threads = int(msg["threads"])
@@ -327,7 +327,7 @@ def child_main(sock: socket.socket, confinement: dict[str, Any] | None = None) -
                 reply: dict[str, Any] = {"ok": True, "confinement": confinement or {}}
             except BaseException as exc:  # noqa: BLE001 - candidate code may raise anything
                 reply = _failure(exc, "compile_error", filename)
-            send_json(sock, reply)
+            send_json(sock, {**reply, "nonce": nonce})
         elif op == "forward":  # one correctness trial: output, inputs after the call, aliasing
             inputs = msg["inputs"]
             try:
@@ -336,11 +336,11 @@ def child_main(sock: socket.socket, confinement: dict[str, Any] | None = None) -
                 state.previous_storages.extend(t.untyped_storage().data_ptr() for t in _tensors(output))
                 state.kept_outputs.append(output)
                 if msg.get("reply") == "ack":  # the pair's reference child: same work, nothing to send
-                    send_json(sock, {"ok": True})
+                    send_json(sock, {"ok": True, "nonce": nonce})
                 else:
-                    send_message(sock, {"ok": True, "output": output, "inputs": inputs, **flags})
+                    send_message(sock, {"ok": True, "nonce": nonce, "output": output, "inputs": inputs, **flags})
             except BaseException as exc:  # noqa: BLE001
-                send_json(sock, _failure(exc, "runtime_error", filename))
+                send_json(sock, {**_failure(exc, "runtime_error", filename), "nonce": nonce})
         elif op in ("load", "load_pool", "end"):  # next timed batch's inputs (outside the clock);
             # releases the last batch and its outputs first ("end": nothing new)
             try:
@@ -349,19 +349,19 @@ def child_main(sock: socket.socket, confinement: dict[str, Any] | None = None) -
                     state.batch = list(msg["batch"])
                 elif op == "load_pool":
                     state.batch = receive_batch(sock, msg["calls"])
-                send_json(sock, {"ok": True})
+                send_json(sock, {"ok": True, "nonce": nonce})
             except BaseException as exc:  # noqa: BLE001
-                send_json(sock, _failure(exc, "runtime_error", filename))
+                send_json(sock, {**_failure(exc, "runtime_error", filename), "nonce": nonce})
         elif op == "run":  # the timed batch; the parent's clock runs from request to this reply
             try:
                 state.outputs = []
                 for inputs in state.batch:
                     state.outputs.append(_forward(state, inputs, guards))
-                send_json(sock, {"ok": True, "nonce": msg.get("nonce"), "outputs": [describe(o) for o in state.outputs]})
+                send_json(sock, {"ok": True, "nonce": nonce, "outputs": [describe(o) for o in state.outputs]})
             except BaseException as exc:  # noqa: BLE001
-                send_json(sock, _failure(exc, "runtime_error", filename))
+                send_json(sock, {**_failure(exc, "runtime_error", filename), "nonce": nonce})
         else:
-            send_json(sock, {"ok": False, "status": "crash", "error": f"harness: unknown op {op!r}"})
+            send_json(sock, {"ok": False, "nonce": nonce, "status": "crash", "error": f"harness: unknown op {op!r}"})
 
 
 def spawn_main(fd: int) -> None:

@@ -91,11 +91,16 @@ class Encoded:
 
     def __init__(self, obj: Any) -> None:
         self.buffers: list[torch.Tensor] = []
-        self.skeleton = json.dumps(_skeleton(obj, self.buffers)).encode()
+        self._tree = _skeleton(obj, self.buffers)
+        self.skeleton = json.dumps(self._tree).encode()
         self.nbytes = len(self.skeleton) + sum(b.numel() * b.element_size() for b in self.buffers)
 
-    def send(self, sock: socket.socket) -> None:
-        parts = [_LEN.pack(len(self.skeleton)), self.skeleton]
+    def send(self, sock: socket.socket, nonce: int | None = None) -> None:
+        """Send the message; a `nonce` is added to its top-level mapping (a request's own)."""
+        skeleton = self.skeleton
+        if nonce is not None:
+            skeleton = json.dumps({"__d__": {**self._tree["__d__"], "nonce": nonce}}).encode()
+        parts = [_LEN.pack(len(skeleton)), skeleton]
         for b in self.buffers:
             parts.append(_LEN.pack(b.numel() * b.element_size()))
         total = sum(len(p) for p in parts) + sum(b.numel() * b.element_size() for b in self.buffers)

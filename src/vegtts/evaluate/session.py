@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -193,6 +194,9 @@ class ChildSession:
     def request(self, msg: dict[str, Any] | Encoded, after_send: Callable[[socket.socket], None] | None = None) -> dict[str, Any]:
         """Send a request (a JSON-able dict, or an Encoded message with tensors); return the ok reply.
 
+        Every request carries a fresh nonce that the harness echoes in its reply; a reply without
+        it is the candidate's (rejected as `harness_reply`), whichever request it answers.
+
         `after_send(sock)` runs right after the request is sent (it passes a file descriptor).
         """
         return self._exchange(msg, after_send)
@@ -214,10 +218,11 @@ class ChildSession:
             if remaining <= 0:
                 raise TimeoutError
             self.sock.settimeout(remaining)
+            nonce = secrets.randbits(62)
             if isinstance(msg, Encoded):
-                msg.send(self.sock)
+                msg.send(self.sock, nonce)
             else:
-                send_json(self.sock, msg)
+                send_json(self.sock, {**msg, "nonce": nonce})
             if after_send is not None:
                 after_send(self.sock)
             self._wait_readable()
@@ -228,6 +233,11 @@ class ChildSession:
             raise self._died(exc) from None
         if not isinstance(reply, dict):
             raise self._fail("crash", "protocol violation: reply is not a mapping")
+        if reply.get("nonce") != nonce:
+            # the harness echoes every request's nonce; a reply without it was written by the
+            # candidate's code on the harness's socket (and the real one is still to come, or swallowed)
+            raise self._fail("rejected", "harness_reply: the reply does not carry the request's nonce: it was not the harness's",
+                             guard="harness_reply")
         if not reply.get("ok"):
             raise ChildFailure(str(reply.get("status", "crash")), str(reply.get("error", ""))[:2000], str(reply.get("guard", "")))
         return reply
@@ -252,9 +262,9 @@ class ChildSession:
         return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
     # -- failures
-    def _fail(self, status: str, error: str) -> ChildFailure:
+    def _fail(self, status: str, error: str, guard: str = "") -> ChildFailure:
         self.close()
-        return ChildFailure(status, error)
+        return ChildFailure(status, error, guard)
 
     def stdio_tail(self) -> str:
         try:
