@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from vegtts.config import schema_default
 from vegtts.io import code_fingerprint, short_hash
 
 # Settings that change how fast the evaluation runs but never its verdict or its numbers.
@@ -18,24 +19,29 @@ _CPU_ONLY = ("timing_resolution",)  # left out of a CUDA verdict's key so CUDA c
 DEVICES = ("cpu", "cuda")
 
 
+def _default(key: str) -> Any:
+    """The config schema's default of evaluation.<key>: defaults are written down only there."""
+    return schema_default(f"evaluation.{key}")
+
+
 @dataclass
 class EvalSettings:
-    device: str = "cpu"
-    threads: int = 1  # torch intra-op threads in every child (timing and correctness)
-    correctness_trials: int = 5  # fresh-input trials that must all match (KernelBench's scripts: 5)
-    varied_inputs: bool = True  # plus one trial on signed, wider inputs (tasks.runtime.vary_inputs), where the task allows
-    timing_rounds: int = 15  # interleaved reference/candidate rounds
-    calls_per_round: int = 3  # forward calls per batch; per-call time = batch time / calls
-    warmup_calls: int = 2  # untimed calls per side before the rounds
-    timeout_s: float = 60.0  # wall-clock limit per child session (correctness, then timing)
-    memory_limit_mb: int = 4096  # address space a child may add on top of the warm server
-    bootstrap: int = 2000  # (cuda) resamples for the speedup's bootstrap interval
+    device: str = _default("device")
+    threads: int = _default("threads")  # torch intra-op threads in every child (timing and correctness)
+    correctness_trials: int = _default("correctness_trials")  # fresh-input trials that must all match (KernelBench's scripts: 5)
+    varied_inputs: bool = _default("varied_inputs")  # plus one trial on signed, wider inputs (tasks.runtime.vary_inputs), where the task allows
+    timing_rounds: int = _default("timing_rounds")  # interleaved reference/candidate rounds
+    calls_per_round: int = _default("calls_per_round")  # forward calls per batch; per-call time = batch time / calls
+    warmup_calls: int = _default("warmup_calls")  # untimed calls per side before the rounds
+    timeout_s: float = _default("timeout_s")  # wall-clock limit per child session (correctness, then timing)
+    memory_limit_mb: int = _default("memory_limit_mb")  # address space a child may add on top of the warm server
+    bootstrap: int = _default("bootstrap")  # (cuda) resamples for the speedup's bootstrap interval
     # (cpu) timing noise between two fresh processes running the same code (log units): widens the
     # speedup interval in quadrature (docs/evaluator.md, "Noise"); 0 = the rounds' interval alone
-    timing_resolution: float = 0.03
-    excessive_speedup: float = 10.0  # speedups above this are re-timed in fresh children and flagged
+    timing_resolution: float = _default("timing_resolution")
+    excessive_speedup: float = _default("excessive_speedup")  # speedups above this are re-timed in fresh children and flagged
     seed: int = 0  # root of every input/init seed
-    allow_reference_calls: bool = True  # False: ModelNew may not call Model's forward
+    allow_reference_calls: bool = _default("allow_reference_calls")  # False: ModelNew may not call Model's forward
     max_parallel: int = field(default_factory=lambda: os.cpu_count() or 1)  # correctness workers
     # device "cuda" (evaluate/cuda/): TF32 policy set explicitly and equally for reference and
     # candidate; how many visible GPUs to use (0 = all, one worker thread each); where compiled
@@ -43,13 +49,13 @@ class EvalSettings:
     # limit; L2 flush buffer between timed calls (0 = twice the GPU's L2); whether the blocking
     # kernel holds the GPU while a timed call is enqueued (False: time from a device sync, with the
     # launch latency in it); the least half-width of the speedup interval, relative
-    tf32: bool = False
-    gpus: int = 0
-    build_cache_dir: str = ""
-    build_timeout_s: float = 600.0
-    l2_flush_mb: int = 0
-    gpu_hold: bool = True
-    min_interval_rel: float = 0.01  # two processes timing one program on one GPU differ by up to ~1% (docs/evaluator.md)
+    tf32: bool = _default("tf32")
+    gpus: int = _default("gpus")
+    build_cache_dir: str = _default("build_cache_dir")
+    build_timeout_s: float = _default("build_timeout_s")
+    l2_flush_mb: int = _default("l2_flush_mb")
+    gpu_hold: bool = _default("gpu_hold")
+    min_interval_rel: float = _default("min_interval_rel")  # two processes timing one program on one GPU differ by up to ~1% (docs/evaluator.md)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
