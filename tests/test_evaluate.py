@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -128,6 +130,44 @@ def test_honest_candidate_is_ok_with_a_speedup_near_one():
     assert rec.speedup > 0 and rec.speedup_lo <= rec.speedup <= rec.speedup_hi
     assert FAST.timing_rounds <= rec.n_timing_rounds <= 2 * FAST.timing_rounds  # more rounds while the interval is wide
     assert rec.max_abs_err == 0.0
+
+
+THREADED_MATMUL = """
+import sys
+_threading = vars(sys)["modu" + "les"]["threading"]
+
+
+class ModelNew(Model):
+    def forward(self, a, b):
+        out = torch.empty(a.shape[0], b.shape[1])
+        t = _threading.Thread(target=lambda: torch.mm(a, b, out=out))
+        t.start()
+        t.join()
+        return out
+"""
+
+
+def test_a_thread_the_candidate_starts_does_not_size_openmp_by_the_host(tmp_path):
+    """A thread a candidate starts sized its OpenMP team by the host (OMP_NUM_THREADS, else the
+    cores): on a 16-core host its matmul tried to start 15 threads, hit the child's RLIMIT_NPROC and
+    libgomp aborted the child, so the verdict depended on the machine.  Children now run with
+    OMP_NUM_THREADS=1 (their main thread still gets `threads`); OMP_NUM_THREADS=16 stands in for
+    the big host here, in a fresh process so that its evaluator server inherits it."""
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from helpers import FAST\n"
+        "from test_evaluate import THREADED_MATMUL, hack_spec\n"
+        "from vegtts.evaluate import evaluate_task\n"
+        "from vegtts.io import sha256_text\n"
+        "spec = hack_spec('matmul')\n"
+        "prog = spec.source.rstrip() + '\\n\\n\\n' + THREADED_MATMUL\n"
+        "rec = evaluate_task(spec, [(sha256_text(prog), prog)], FAST)[0]\n"
+        "print(rec.status, rec.error[:300].replace(chr(10), ' '))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "16"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[0] == "ok", proc.stdout
 
 
 def test_module_format_candidate_gets_the_reference_weights():

@@ -222,6 +222,10 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([_SRC_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONHASHSEED"] = "0"
+    # a thread the candidate starts would size its OpenMP team by the host (cores or the user's
+    # OMP_NUM_THREADS) and, past the child's RLIMIT_NPROC, libgomp aborts the child: the verdict
+    # would depend on the machine.  The child's main thread still runs `threads` (set_num_threads).
+    env["OMP_NUM_THREADS"] = "1"
     env["GLIBC_TUNABLES"] = ":".join([t for t in env.get("GLIBC_TUNABLES", "").split(":") if t] + [HEAP_TUNABLE])
     return env
 
