@@ -50,8 +50,6 @@ def test_snakemake_lint_prints_no_warning(workdir: Path):
 def test_snakemake_report_holds_the_tables_and_figures(finished_tiny_run: Path, tmp_path: Path):
     import zipfile
 
-    from conftest import clone_run
-
     from vegtts.outputs import ANALYSIS_TABLES, FIGURES
 
     run = clone_run(finished_tiny_run, tmp_path / "run")
