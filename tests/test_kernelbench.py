@@ -354,7 +354,10 @@ def test_isolated_screen_turns_every_failure_into_a_finding(body, inputs, expect
 def test_isolated_screen_matches_the_in_process_screen():
     spec = mini_spec(19)
     isolated = screen_task(spec, ScreenSettings(timeout_s=120))
-    assert checks(isolated.findings) == checks(validate_task(spec)) and isolated.peak_rss_mb > 0
+    # the timing finding is a threshold on a measured time, and kb1_19's reference runs near its
+    # 1 ms floor (0.93 ms isolated once on a shared machine): compare the rest, and that a time came back
+    assert checks(isolated.findings) - {"timing"} == checks(validate_task(spec)) - {"timing"}
+    assert isolated.peak_rss_mb > 0 and 0 < isolated.ref_ms < 200
 
 
 # ----------------------------------------------------------------------------- the CLI
