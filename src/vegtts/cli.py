@@ -195,32 +195,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .models import ensure_model
-    from .sampling import run_sampling
+    from .sampling.stage import sample_with_backend
 
     torch.set_num_threads(args.threads)
     args.settings = with_runtime(args.settings, args.runtime)
     verified(args.tasks, args.adapter)
     ensure_model(args.model)
     backend = args.settings.get("backend", "transformers")
-    if backend != "transformers":
-        from .sampling.stage import sample_with_backend
-
-        sample_with_backend(
-            backend,
-            tasks_json_path=Path(args.tasks),
-            task_id=args.task,
-            settings=sampler_settings(args.settings, args.seed),
-            backend_settings=args.settings.get(backend) or {},
-            model_path=args.model,
-            out_parquet=Path(args.out),
-            policy=args.policy,
-            adapter_path=args.adapter or None,
-        )
-        return 0
-    run_sampling(
+    sample_with_backend(
+        backend,
         tasks_json_path=Path(args.tasks),
         task_id=args.task,
         settings=sampler_settings(args.settings, args.seed),
+        backend_settings=args.settings.get(backend) or {},
         model_path=args.model,
         out_parquet=Path(args.out),
         policy=args.policy,

@@ -48,7 +48,6 @@ STYLE: dict[str, Any] = {
 RULE_STYLE: dict[str, dict[str, str]] = {r.name: {"color": r.color, "marker": r.marker, "label": r.label} for r in RULES}
 CURVE_COLOR = "#4D4D4D"
 OTHER_POLICY_COLORS = ("#009E73", "#CC79A7", "#56B4E9", "#E69F00")
-ALL_KINDS = KINDS
 TEASER_RULES = ("oracle", "surprisal_top3", "surprisal", "random", "most_confident", "resid_surprisal", "tail_confident")
 
 
@@ -225,7 +224,7 @@ def teaser_figure(scaling: pd.DataFrame, selection: pd.DataFrame, policy: str, v
         ax1.plot(of1["k"], of1["value"], color=color, ls=":", marker=".", label=f"policy {other}")
         ax2.plot(ob["k"], ob["value"], color=color, ls=":", marker=".", label=f"policy {other}")
     big_k = int(fast1["K"].max()) if len(fast1) else 1
-    rules = primary_rules(selection, policy, variant, kinds=ALL_KINDS)
+    rules = primary_rules(selection, policy, variant, kinds=KINDS)
     rules = rules[rules["rule"].isin(TEASER_RULES)]
     _rules_at_k(ax1, rules, big_k, "success_rate", "success_lo", "success_hi")
     _rules_at_k(ax2, rules, big_k, "mean_speedup", "", "")
