@@ -22,7 +22,7 @@ from vegtts.analysis import (
     surprisal_from_logprobs,
     write_table,
 )
-from vegtts.analysis.definitions import GEOMEAN_EPS
+from vegtts.analysis.constants import GEOMEAN_EPS
 from vegtts.analysis.estimators import order_statistic_weights
 from vegtts.analysis.selection import aggregate_selection, select_all
 from vegtts.analysis.synthetic import synthetic_records, write_synthetic_run

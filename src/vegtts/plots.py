@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from vegtts.analysis.definitions import DEFAULT_VARIANT  # noqa: E402
+from vegtts.analysis.constants import DEFAULT_VARIANT  # noqa: E402
 from vegtts.analysis.rules import RULES  # noqa: E402
 from vegtts.analysis.rules.base import KINDS  # noqa: E402
 from vegtts.analysis.selection import NO_VARIANT, RULE_ORDER  # noqa: E402

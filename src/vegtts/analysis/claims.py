@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vegtts.analysis.definitions import GEOMEAN_EPS
+from vegtts.analysis.constants import GEOMEAN_EPS
 from vegtts.analysis.statistics import A_BETTER, B_BETTER
 
 HEADLINE_RULES = ("oracle", "surprisal_top3", "surprisal", "random", "most_confident")

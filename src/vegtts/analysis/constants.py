@@ -1,4 +1,4 @@
-"""Numbers and names every analysis module shares (vegtts.analysis.definitions re-exports them)."""
+"""Numbers and names every analysis module shares (the definitions quote them)."""
 
 from __future__ import annotations
 

@@ -6,10 +6,10 @@ selection rule's definition lives with the rule (vegtts.analysis.rules) and appe
 
 from __future__ import annotations
 
-from vegtts.analysis.constants import CEILING_TOLERANCE, DEFAULT_VARIANT, GEOMEAN_EPS, SURPRISAL_VARIANTS
+from vegtts.analysis.constants import GEOMEAN_EPS
 from vegtts.analysis.rules import RULES
 
-__all__ = ["CEILING_TOLERANCE", "DEFAULT_VARIANT", "DEFINITIONS", "GEOMEAN_EPS", "SURPRISAL_VARIANTS", "definitions_for"]
+__all__ = ["DEFINITIONS", "definitions_for"]
 
 DEFINITIONS: dict[str, str] = {
     "fast_p": "a sample is fast_p if it is correct and its speedup (reference median time / candidate median time) is > p, strictly",

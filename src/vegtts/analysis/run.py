@@ -12,11 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vegtts.analysis.definitions import (
-    CEILING_TOLERANCE,
-    SURPRISAL_VARIANTS,
-    definitions_for,
-)
+from vegtts.analysis.constants import CEILING_TOLERANCE, SURPRISAL_VARIANTS
+from vegtts.analysis.definitions import definitions_for
 from vegtts.analysis.estimators import expected_best_speedup_at_k, fast_p_at_k, k_grid
 from vegtts.analysis.merge import merge_samples_and_evaluations
 from vegtts.analysis.programs import distinct_programs

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from vegtts.analysis.definitions import SURPRISAL_VARIANTS
+from vegtts.analysis.constants import SURPRISAL_VARIANTS
 from vegtts.analysis.rules import NO_VARIANT, RULES, UnitSamples
 from vegtts.analysis.rules.base import log_floor
 

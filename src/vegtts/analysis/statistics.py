@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from vegtts.analysis.definitions import SURPRISAL_VARIANTS
+from vegtts.analysis.constants import SURPRISAL_VARIANTS
 from vegtts.analysis.programs import distinct_programs
 
 # (rule_a, rule_b): the paper's two comparisons first, then each candidate rule against its control.

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vegtts.analysis.definitions import CEILING_TOLERANCE
+from vegtts.analysis.constants import CEILING_TOLERANCE
 from vegtts.analysis.estimators import fast_p_at_k
 from vegtts.analysis.merge import merge_samples_and_evaluations
 from vegtts.analysis.programs import distinct_programs
